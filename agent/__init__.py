@@ -1,0 +1,1 @@
+"""The gRPC agent that runs the load engine on every core of its node."""

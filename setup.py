@@ -1,0 +1,51 @@
+"""Builds what pyproject.toml cannot declare: the Cython extensions and the gRPC stubs.
+
+Every ``native/*.pyx`` becomes ``loadgate.native.<name>``; a module names its C sources with
+a ``# distutils: sources = ...`` line.  Stubs are generated from ``proto/loadgate/v1/*.proto``
+on every build and are never committed.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def generate_grpc_stubs():
+    # The virtual include path makes the generated imports read
+    # "from loadgate.proto.loadgate.v1 import x_pb2", matching where the stubs are installed.
+    protos = sorted(glob.glob(os.path.join("proto", "loadgate", "v1", "*.proto")))
+    if not protos:
+        return
+    virtual = [p.replace("proto" + os.sep, "loadgate/proto/", 1) for p in protos]
+    out = os.path.join(HERE, ".proto_build")
+    os.makedirs(out, exist_ok=True)
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", "-Iloadgate/proto=proto",
+           "--python_out=" + out, "--grpc_python_out=" + out, "--pyi_out=" + out] + virtual
+    subprocess.run(cmd, check=True, cwd=HERE)
+    generated = os.path.join(out, "loadgate", "proto", "loadgate", "v1")
+    for name in os.listdir(generated):
+        os.replace(os.path.join(generated, name), os.path.join(HERE, "proto", "loadgate", "v1", name))
+
+
+def extensions():
+    modules = []
+    for pyx in sorted(glob.glob(os.path.join("native", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(pyx))[0]
+        modules.append(Extension(
+            "loadgate.native." + name, [pyx],
+            include_dirs=["native", numpy.get_include()],
+            extra_compile_args=["-O3", "-Wno-unused-function"],
+        ))
+    return cythonize(modules, language_level=3, include_path=["native"],
+                     compiler_directives={"boundscheck": False, "wraparound": False})
+
+
+os.chdir(HERE)
+generate_grpc_stubs()
+setup(ext_modules=extensions())
