@@ -35,8 +35,12 @@ def generate_grpc_stubs():
 
 def extensions():
     modules = []
+    # LOADGATE_NATIVE_ONLY=_hdr,_engine limits a development build to the named modules.
+    only = {n for n in os.environ.get("LOADGATE_NATIVE_ONLY", "").split(",") if n}
     for pyx in sorted(glob.glob(os.path.join("native", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
+        if only and name not in only:
+            continue
         modules.append(Extension(
             "loadgate.native." + name, [pyx],
             include_dirs=["native", numpy.get_include()],
