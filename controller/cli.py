@@ -25,6 +25,7 @@ COMMANDS = {
     "watch": "loadgate.controller.watch",
     "monitoring": "loadgate.controller.monitoring_cli",
     "certs": "loadgate.controller.certs",
+    "infer": "loadgate.agent.inference.cli",
 }
 
 

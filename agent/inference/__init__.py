@@ -1,0 +1,1 @@
+"""Inference-aware targets: streamed LLM endpoints, in-process PyTorch models, gRPC unary."""
