@@ -1,0 +1,124 @@
+"""The run directory: everything a distributed run leaves behind.
+
+    RUN_DIR/
+      run.json              the run: id, definition, agents and their shards (for --resume)
+      journal.jsonl         every report received, fsynced before it was merged
+      hlog/TARGET.METRIC.hlog   merged interval histograms (HdrHistogram interval log)
+      telemetry.jsonl       every telemetry sample, one JSON object per line
+      summary.json          the result (schema: docs/summary-json.md)
+      summary.txt           the same as a table for people
+      agents/agent-N.log    output of agents the controller started itself
+
+The journal is the source of truth; every other file can be rebuilt from it (``--resume``
+does so before carrying on).
+"""
+import json
+import os
+import re
+
+from google.protobuf import json_format
+
+from loadgate.controller.merge import Metric
+from loadgate.controller.run_journal import RunJournal
+from loadgate.native.errors import InfrastructureError
+from loadgate.native.hlog import HlogWriter
+
+JOURNAL = "journal.jsonl"
+RUN_FILE = "run.json"
+TELEMETRY = "telemetry.jsonl"
+SUMMARY_JSON = "summary.json"
+SUMMARY_TEXT = "summary.txt"
+HLOG_DIR = "hlog"
+AGENT_LOG_DIR = "agents"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def hlog_name(target, metric):
+    """The file name of one target's merged histograms of one metric."""
+    return f"{_UNSAFE.sub('_', target)}.{metric.value}.hlog"
+
+
+class RunDir:
+    """A run directory being written.  ``resume=True`` reopens one a crashed run left."""
+
+    def __init__(self, path, resume=False):
+        self.path = os.path.abspath(os.fspath(path))
+        journal = os.path.join(self.path, JOURNAL)
+        if resume and not os.path.exists(journal):
+            raise InfrastructureError(f"{self.path} has no {JOURNAL} to resume from")
+        if not resume and os.path.exists(journal) and os.path.getsize(journal):
+            raise InfrastructureError(f"{self.path} already holds a run (use --resume)")
+        try:
+            os.makedirs(os.path.join(self.path, HLOG_DIR), exist_ok=True)
+        except OSError as exc:
+            raise InfrastructureError(f"cannot create run directory {self.path}: {exc}") from None
+        self.journal = RunJournal(journal)
+        self._hlogs = {}  # (target, Metric) -> (file, HlogWriter)
+        self._telemetry = None
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def agent_log(self, index):
+        os.makedirs(self.file(AGENT_LOG_DIR), exist_ok=True)
+        return os.path.join(self.path, AGENT_LOG_DIR, f"agent-{index}.log")
+
+    def write_run(self, description):
+        _write_atomically(self.file(RUN_FILE), json.dumps(description, indent=2) + "\n")
+
+    def read_run(self):
+        try:
+            with open(self.file(RUN_FILE)) as f:
+                return json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InfrastructureError(f"cannot read {self.file(RUN_FILE)}: {exc}") from None
+
+    def open_outputs(self, target_names, start_s):
+        """Starts the hlog and telemetry files afresh (a resume rebuilds them from the journal)."""
+        self.close_outputs()
+        for target in target_names:
+            for metric in Metric:
+                f = open(os.path.join(self.path, HLOG_DIR, hlog_name(target, metric)), "w")
+                self._hlogs[target, metric] = (f, HlogWriter(f, start_time=start_s,
+                                                             base_time=start_s))
+        self._telemetry = open(self.file(TELEMETRY), "w")
+
+    def write_interval(self, merged):
+        """Appends a merged interval to the hlogs and its telemetry to telemetry.jsonl."""
+        start_s, end_s = merged.start_ns / 1e9, merged.end_ns / 1e9
+        for name, totals in merged.targets.items():
+            for metric, histogram in totals.histograms.items():
+                f, writer = self._hlogs[name, metric]
+                writer.write_interval(histogram, start_s, end_s)
+        for agent_id, sample in merged.telemetry:
+            record = {"agent_id": agent_id, "interval_index": merged.index,
+                      **json_format.MessageToDict(sample, preserving_proto_field_name=True)}
+            self._telemetry.write(json.dumps(record, separators=(",", ":")) + "\n")
+        for f, _ in self._hlogs.values():
+            f.flush()
+        self._telemetry.flush()
+
+    def write_summary(self, summary, text):
+        _write_atomically(self.file(SUMMARY_JSON), json.dumps(summary, indent=2) + "\n")
+        _write_atomically(self.file(SUMMARY_TEXT), text)
+
+    def close_outputs(self):
+        for f, _ in self._hlogs.values():
+            f.close()
+        self._hlogs.clear()
+        if self._telemetry:
+            self._telemetry.close()
+            self._telemetry = None
+
+    def close(self):
+        self.close_outputs()
+        self.journal.close()
+
+
+def _write_atomically(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

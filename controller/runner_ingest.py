@@ -1,0 +1,87 @@
+"""The controller's ingest path for interval reports: decode, journal, merge, in that order.
+
+``accept`` runs as each report arrives (parse, validate, advance the agent's stream); what it
+accepts waits in a batch.  ``take`` hands the batch over, ``journal`` writes it with one fsync
+(it may run on another thread), and only then ``merge`` adds it to the run.  A crash between
+the steps loses nothing that was merged: anything merged was journaled first.
+"""
+from google.protobuf.message import DecodeError
+
+from loadgate.controller.merge import AgentInterval, RejectReason, Rejection
+from loadgate.controller.run_journal import RecordKind, report_fields
+from loadgate.proto.loadgate.v1 import common_pb2
+
+
+class ReportIngest:
+    """Feeds accepted reports of every agent into one merger and the run totals."""
+
+    def __init__(self, journal, merger, totals):
+        self.journal = journal
+        self.merger = merger
+        self.totals = totals
+        self.rejections = []  # every Rejection, in arrival order
+        self._batch = []  # (record kind, fields, AgentInterval or None)
+
+    def accept(self, stream, payload):
+        """Decodes and checks one serialized IntervalReport from ``stream``'s agent.
+
+        Returns the AgentInterval (queued for journaling and merging) or a Rejection (queued
+        for journaling only); the stream advances only past an accepted report."""
+        try:
+            report = common_pb2.IntervalReport.FromString(payload)
+        except DecodeError as exc:
+            result = Rejection(stream.agent_id, 0, -1, RejectReason.MALFORMED,
+                               f"not an IntervalReport: {exc}")
+        else:
+            result = stream.check(report)
+        if isinstance(result, Rejection):
+            self.rejections.append(result)
+            fields = result.to_dict()
+            fields["payload"] = report_fields(stream.agent_id, result.seq, result.interval_index,
+                                              payload)["report"]
+            self._batch.append((RecordKind.REJECTED, fields, None))
+            return result
+        stream.commit(result)
+        self._batch.append((RecordKind.REPORT,
+                            report_fields(stream.agent_id, result.seq, result.index, payload),
+                            result))
+        return result
+
+    def replay(self, stream, payload):
+        """Re-merges a report read back from the journal (a resumed run); returns the merged
+        intervals that became complete, or a Rejection if the journal disagrees with itself."""
+        report = common_pb2.IntervalReport.FromString(payload)
+        result = stream.check(report)
+        if isinstance(result, Rejection):
+            return result
+        stream.commit(result)
+        return self._merge_one(result)
+
+    def take(self):
+        """The batch accepted so far (to pass to ``journal`` and then ``merge``)."""
+        batch, self._batch = self._batch, []
+        return batch
+
+    def journal_batch(self, batch):
+        """Writes a batch to the journal with one fsync; safe to run on a worker thread."""
+        if batch:
+            self.journal.append_many([(kind, fields) for kind, fields, _ in batch])
+
+    def merge(self, batch):
+        """Merges a journaled batch; returns the merged intervals that became complete."""
+        ready = []
+        for _, _, interval in batch:
+            if interval is not None:
+                ready.extend(self._merge_one(interval))
+        return ready
+
+    def ingest_now(self, stream, payload):
+        """accept + journal + merge of one report, synchronously (tests and benchmarks)."""
+        result = self.accept(stream, payload)
+        batch = self.take()
+        self.journal_batch(batch)
+        return result, self.merge(batch)
+
+    def _merge_one(self, interval: AgentInterval):
+        self.totals.add(interval)
+        return self.merger.add(interval)
