@@ -1,0 +1,54 @@
+"""Intended send instants for the inference clients, taken from a schedule's cursor.
+
+Open loop: each arrival's instant is fixed by the schedule before the run starts, and every
+latency is measured from it, so a slow target shows up as latency instead of silently
+lowering the offered rate.  Event-loop timers are coarse (uvloop's tick is a millisecond),
+so a wait sleeps on the timer until shortly before the instant and yields to the loop for
+the rest: the spin costs a little CPU and keeps schedule lag well below a millisecond.
+"""
+import asyncio
+import time
+
+from loadgate.native.errors import ConfigError
+
+# Sleep on the timer until this close to an instant, then yield until it arrives.
+SPIN_NS = 1_500_000
+BLOCKING_SPIN_NS = 200_000
+BATCH = 512
+# Time between starting the clock and the first instant: sockets and tasks get set up.
+LEAD_NS = 20_000_000
+
+
+def require_open_loop(schedule):
+    if not schedule.is_open_loop:
+        raise ConfigError("inference targets run open-loop schedules only "
+                          f"(got {schedule.model.value})")
+
+
+def instants(schedule):
+    """Every intended instant of the schedule, as int ns offsets, batch by batch."""
+    cursor = schedule.cursor()
+    while True:
+        batch = cursor.next_batch(BATCH)
+        if not len(batch):
+            return
+        yield from batch.tolist()
+
+
+async def wait_until(target_ns):
+    """Returns at ``time.monotonic_ns() >= target_ns`` (at once if it has passed)."""
+    remaining = target_ns - time.monotonic_ns()
+    if remaining > SPIN_NS:
+        await asyncio.sleep((remaining - SPIN_NS) / 1e9)
+    while time.monotonic_ns() < target_ns:
+        await asyncio.sleep(0)
+
+
+def sleep_until(target_ns):
+    """The blocking form of ``wait_until`` for in-process targets that own their thread;
+    ``time.sleep`` is finer than the loop's timer, so its spin is shorter."""
+    remaining = target_ns - time.monotonic_ns()
+    if remaining > BLOCKING_SPIN_NS:
+        time.sleep((remaining - BLOCKING_SPIN_NS) / 1e9)
+    while time.monotonic_ns() < target_ns:
+        pass
