@@ -1,0 +1,231 @@
+"""The load generator against its peers, in one run on this machine.
+
+nginx serves a fixed 3-byte answer on loopback, pinned to one core; every generator is pinned
+to another core and measured the same way (CPU time of its whole process tree from wait4):
+
+1. generator CPU seconds per 1M requests at a fixed 10k req/s: loadgate / wrk2 (goal <= 0.8);
+2. loadgate's schedule lag (actual send - intended send) p50 / p99 at that rate (goals 20 µs,
+   200 µs), with wrk2's achieved rate beside it;
+3. maximum throughput with 50 connections, closed loop: loadgate / wrk (goal >= 1.0).
+
+Peers come from benchmarks/peers.sh.  Nothing asserts: the script prints what it measured and
+the ratios, and --json keeps them.  Usage:
+
+    python benchmarks/bench_generator.py [--duration 15] [--rate 10000] [--json out.json]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def peers():
+    out = subprocess.run(["bash", os.path.join(HERE, "peers.sh")], check=True,
+                         capture_output=True, text=True).stdout
+    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {name: path for name, path in found.items() if path}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_nginx(nginx, core, workdir):
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=workdir, port=port))
+    proc = subprocess.Popen(["taskset", "-c", str(core), nginx, "-p", workdir, "-c", conf,
+                             "-g", "daemon off; master_process off;"])
+    wait_listening(port)
+    return proc, port
+
+
+def run_pinned(cmd, core, timeout):
+    """(stdout, exit code, CPU seconds of the process tree, wall seconds) of one command."""
+    begin = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = []
+    deadline = begin + timeout
+    for line in proc.stdout:
+        out.append(line)
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return "".join(out), proc.returncode, usage.ru_utime + usage.ru_stime, time.monotonic() - begin
+
+
+def parse_wrk(text):
+    """Requests, seconds, achieved rate and error count from wrk / wrk2 output."""
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", text)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not done or not rate:
+        raise RuntimeError(f"unexpected wrk output:\n{text}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return {"requests": int(done.group(1)), "rate": float(rate.group(1)), "errors": errors}
+
+
+def loadgate_cmd(url, args, json_path, closed):
+    cmd = [sys.executable, "-m", "loadgate.controller.cli", "bench", url, "-d", f"{args.duration}s",
+           "-c", str(args.connections), "-t", "1", "--json", json_path]
+    return cmd + (["--closed"] if closed else ["-R", str(args.rate)])
+
+
+def loadgate_available():
+    probe = subprocess.run([sys.executable, "-m", "loadgate.controller.cli", "bench", "--help"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+def run_loadgate(url, args, workdir, closed):
+    json_path = os.path.join(workdir, "closed.json" if closed else "open.json")
+    text, rc, cpu, wall = run_pinned(loadgate_cmd(url, args, json_path, closed),
+                                     args.generator_core, args.duration * 3 + 60)
+    if rc != 0 or not os.path.exists(json_path):
+        raise RuntimeError(f"loadgate bench failed ({rc}):\n{text}")
+    with open(json_path) as f:
+        report = json.load(f)
+    requests = report["requests"]
+    errors = sum((requests.get("errors") or {}).values()) + requests.get("timeouts", 0)
+    return {"requests": requests["completed"], "rate": report["rate"]["achieved"],
+            "intended": report["rate"].get("intended"), "errors": errors,
+            "not_sent": requests.get("not_sent", 0), "cpu_s": cpu, "wall_s": wall,
+            "self_cpu_s": (report.get("generator") or {}).get("cpu_seconds"),
+            "lag_us": {k: report["schedule_lag"][k] for k in ("p50", "p90", "p99", "p99.9", "max")},
+            "latency_us": {k: report["latency"][k] for k in ("p50", "p99", "max")}}
+
+
+def run_wrk(binary, url, args, fixed_rate):
+    cmd = [binary, "-t1", f"-c{args.connections}", f"-d{args.duration}s"]
+    cmd += [f"-R{args.rate}", "--latency"] if fixed_rate else []
+    text, rc, cpu, wall = run_pinned(cmd + [url], args.generator_core, args.duration * 3 + 60)
+    if rc != 0:
+        raise RuntimeError(f"{binary} failed ({rc}):\n{text}")
+    return dict(parse_wrk(text), cpu_s=cpu, wall_s=wall)
+
+
+def per_million(run):
+    return run["cpu_s"] / max(run["requests"], 1) * 1e6
+
+
+def verdict(ok):
+    return "meets goal" if ok else "MISSES goal"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=15, help="seconds per run")
+    parser.add_argument("--rate", type=int, default=10000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--generator-core", type=int, default=0)
+    parser.add_argument("--server-core", type=int, default=1)
+    parser.add_argument("--peers-only", action="store_true", help="skip loadgate")
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args(argv)
+
+    found = peers()
+    with_loadgate = not args.peers_only and loadgate_available()
+    results = {"machine": {"cpus": os.cpu_count(), "generator_core": args.generator_core,
+                           "server_core": args.server_core},
+               "rate": args.rate, "duration_s": args.duration, "connections": args.connections}
+    workdir = tempfile.mkdtemp(prefix="lg-bench-")
+    nginx, port = start_nginx(found["nginx"], args.server_core, workdir)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        if "wrk2" in found:
+            results["wrk2_fixed"] = run_wrk(found["wrk2"], url, args, fixed_rate=True)
+        if with_loadgate:
+            results["loadgate_fixed"] = run_loadgate(url, args, workdir, closed=False)
+        results["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
+        if with_loadgate:
+            results["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def report(results, args):
+    print(f"nginx on core {args.server_core}, generators on core {args.generator_core}, "
+          f"{args.connections} connections, {args.duration} s per run")
+    print(f"{'run':<16}{'requests':>10}{'req/s':>11}{'errors':>8}{'CPU s':>8}{'CPU s/1M':>10}")
+    for name in ("wrk2_fixed", "loadgate_fixed", "wrk_max", "loadgate_max"):
+        run = results.get(name)
+        if run:
+            print(f"{name:<16}{run['requests']:>10}{run['rate']:>11.0f}{run['errors']:>8}"
+                  f"{run['cpu_s']:>8.2f}{per_million(run):>10.2f}")
+    lg, w2 = results.get("loadgate_fixed"), results.get("wrk2_fixed")
+    if lg and w2:
+        ratio = per_million(lg) / per_million(w2)
+        results["cpu_ratio_loadgate_over_wrk2"] = ratio
+        print(f"(1) CPU per 1M requests at {args.rate} req/s: loadgate {per_million(lg):.2f} s, "
+              f"wrk2 {per_million(w2):.2f} s -> ratio {ratio:.2f} (goal <= 0.8, {verdict(ratio <= 0.8)})")
+    if lg:
+        lag = lg["lag_us"]
+        print(f"(2) schedule lag at {args.rate} req/s: p50 {lag['p50']} µs, p99 {lag['p99']} µs, "
+              f"p99.9 {lag['p99.9']} µs, max {lag['max']} µs "
+              f"(goals p50 <= 20, p99 <= 200: {verdict(lag['p50'] <= 20 and lag['p99'] <= 200)})")
+    lgm, wm = results.get("loadgate_max"), results.get("wrk_max")
+    if lgm and wm:
+        ratio = lgm["rate"] / wm["rate"]
+        results["throughput_ratio_loadgate_over_wrk"] = ratio
+        print(f"(3) max throughput, {args.connections} connections: loadgate {lgm['rate']:.0f} req/s, "
+              f"wrk {wm['rate']:.0f} req/s -> ratio {ratio:.2f} (goal >= 1.0, {verdict(ratio >= 1.0)})")
+    if not lg:
+        print("loadgate bench is not available (or --peers-only): peers measured alone")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
