@@ -12,6 +12,7 @@ from loadgate.controller.plan_model import (
     AgentLossPolicy, Arrival, DeploymentType, Environment, HttpMethod, RelativeTest, Risk,
     RotateMode, Strategy, TargetRole, TrafficShift)
 from loadgate.controller.plan_units import parse_percentile_key, percentile_key
+from loadgate.native.schedule import make_schedule
 
 
 def _get(data, key, default=None):
@@ -82,8 +83,10 @@ class LoadPlan:
 
     def schedule(self):
         """The arrival schedule of this load (a loadgate.native.schedule object)."""
-        from loadgate.native import schedule
-        return schedule.from_load_plan(self)
+        return make_schedule(self.arrival.value, self.rate, self.duration_s, self.seed,
+                             end_rate=self.ramp_to,
+                             steps=tuple((s.rate, s.duration_s) for s in self.steps),
+                             concurrency=self.concurrency, think_time_s=self.think_time_s)
 
 
 @dataclass(frozen=True)
