@@ -64,9 +64,11 @@ cdef Histogram _wrap(lg_hdr_histogram* h):
 
 cdef object _int64_array(values):
     array = np.asarray(values)
-    if array.dtype.kind == "u":
-        array = np.minimum(array, INT64_MAX)
-    elif array.dtype.kind != "i":
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 8:
+        array = np.minimum(array, np.uint64(INT64_MAX))
+    elif array.dtype.kind not in "iu":
         raise HistogramError(f"record_array needs an integer array, got dtype {array.dtype}")
     return np.ascontiguousarray(array.reshape(-1), dtype=np.int64)
 
