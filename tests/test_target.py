@@ -173,9 +173,9 @@ def test_stall_holds_every_answer_until_it_ends(target):
     for s in socks:
         at, done = sent[s], answered[s] - epoch
         if 0.605 <= at < 0.795:
-            assert 0.799 <= done < 0.83, (at, done)
+            assert 0.798 <= done < 0.85, (at, done)
         elif at < 0.595 or at >= 0.805:
-            assert done - at < 0.02, (at, done)
+            assert done - at < 0.04, (at, done)
 
 
 def test_load_latency_appears_above_the_threshold(target):
@@ -248,9 +248,10 @@ def test_sse_stream_timing_and_framing(target):
     tokens = [(t, json.loads(p)) for t, p in events[:-1]]
     assert len(tokens) == 7 and tokens[-1][1]["choices"][0]["finish_reason"] == "length"
     assert tokens[0][1]["choices"][0]["delta"]["role"] == "assistant"
-    assert 0.120 <= tokens[0][0] < 0.170
-    gaps = [b[0] - a[0] for a, b in zip(tokens[:5], tokens[1:6])]
-    assert min(gaps) >= 0.020 and 0.120 <= tokens[5][0] - tokens[0][0] < 0.200
+    # Token i is due at ttft + i * itl from the start of the answer (timers may fire up to a
+    # millisecond early: libuv counts whole milliseconds from the start of a loop iteration).
+    for i, (at, _) in enumerate(tokens[:6]):
+        assert 0.120 + 0.030 * i - 0.002 <= at < 0.120 + 0.030 * i + 0.060, (i, at)
     # A real HTTP client decodes the chunked stream to exactly the events.
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("POST", "/v1/completions", body=json.dumps({"stream": True, "max_tokens": 2}))
