@@ -8,6 +8,12 @@ resolver would pick *one* of those addresses per channel; the controller needs a
 each agent, so it resolves the name itself.
 
     resolve_agents(entries) -> list[str]
+    discover_agents(entries) -> list[AgentEndpoint(address, server_name)]
+
+``server_name`` is the name an agent's TLS certificate must carry for that address: the DNS
+name for a ``dns:///`` entry (pod IPs change, the Service name does not: pass it to
+``loadgate certs init --hosts`` and dial with ``grpc.ssl_target_name_override``, see
+``loadgate.controller.certs.channel_options``), the host itself for ``host:port``.
 
 Addresses come back de-duplicated, in entry order, each name's records sorted (so the
 shard an agent gets does not depend on the DNS server's rotation).  A name that does not
@@ -15,6 +21,7 @@ resolve is an InfrastructureError (``DiscoveryError``); a malformed entry a Conf
 """
 import ipaddress
 import socket
+from dataclasses import dataclass
 
 from loadgate.native.errors import ConfigError, InfrastructureError
 
@@ -23,6 +30,12 @@ DNS_SCHEME = "dns:"
 
 class DiscoveryError(InfrastructureError):
     """A name that should list agents resolves to none."""
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    address: str  # host:port or [v6]:port to dial
+    server_name: str  # the name its TLS certificate must carry
 
 
 def split_host_port(text):
@@ -64,11 +77,11 @@ def _dns_name(entry):
 
 
 def resolve_entry(entry):
-    """The agent addresses one entry stands for."""
+    """The agent endpoints one entry stands for."""
     entry = entry.strip()
     if not entry.startswith(DNS_SCHEME):
         host, port = split_host_port(entry)
-        return [join_host_port(host, port)]
+        return [AgentEndpoint(join_host_port(host, port), host)]
     host, port = _dns_name(entry)
     try:
         records = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -79,15 +92,20 @@ def resolve_entry(entry):
                        key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
     if not addresses:
         raise DiscoveryError(f"{entry}: {host!r} has no A or AAAA records")
-    return [join_host_port(address, port) for address in addresses]
+    return [AgentEndpoint(join_host_port(address, port), host) for address in addresses]
 
 
-def resolve_agents(entries):
-    """Every agent address the entries stand for (a string is one entry)."""
+def discover_agents(entries):
+    """Every agent endpoint the entries stand for (a string is one entry), de-duplicated."""
     if isinstance(entries, str):
         entries = [entries]
     seen = {}
     for entry in entries:
-        for address in resolve_entry(entry):
-            seen.setdefault(address, None)
-    return list(seen)
+        for endpoint in resolve_entry(entry):
+            seen.setdefault(endpoint.address, endpoint)
+    return list(seen.values())
+
+
+def resolve_agents(entries):
+    """Every agent address the entries stand for, as ``host:port`` strings."""
+    return [endpoint.address for endpoint in discover_agents(entries)]

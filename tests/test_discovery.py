@@ -6,7 +6,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from loadgate.controller.discovery import DiscoveryError, resolve_agents, split_host_port
+from loadgate.controller.discovery import (
+    DiscoveryError, discover_agents, resolve_agents, split_host_port)
 from loadgate.native.errors import ConfigError
 
 
@@ -78,3 +79,10 @@ def test_discovered_addresses_reach_real_agents_health_services():
     finally:
         for server in servers:
             server.stop(None)
+
+
+def test_endpoints_carry_the_name_a_certificate_must_have():
+    endpoints = discover_agents(["dns:///localhost:50051", "agent-3.example:50051"])
+    assert {e.server_name for e in endpoints[:-1]} == {"localhost"}
+    assert endpoints[-1].address == "agent-3.example:50051"
+    assert endpoints[-1].server_name == "agent-3.example"
