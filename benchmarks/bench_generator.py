@@ -6,7 +6,9 @@ to another core and measured the same way (CPU time of its whole process tree fr
 1. generator CPU seconds per 1M requests at a fixed 10k req/s: loadgate / wrk2 (goal <= 0.8);
 2. loadgate's schedule lag (actual send - intended send) p50 / p99 at that rate (goals 20 µs,
    200 µs), with wrk2's achieved rate beside it;
-3. maximum throughput with 50 connections, closed loop: loadgate / wrk (goal >= 1.0).
+3. maximum throughput with 50 connections, closed loop: loadgate / wrk (goal >= 1.0);
+4. the built-in ``loadgate target`` on one core under wrk2 at 20k req/s (it must not be the
+   bottleneck): achieved rate and p99 beside nginx's under the same load.
 
 Peers come from benchmarks/peers.sh.  Nothing asserts: the script prints what it measured and
 the ratios, and --json keeps them.  Usage:
@@ -101,7 +103,7 @@ def run_pinned(cmd, core, timeout):
 
 
 def parse_wrk(text):
-    """Requests, seconds, achieved rate and error count from wrk / wrk2 output."""
+    """Requests, achieved rate, error count and (wrk2 --latency) percentiles in µs."""
     done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", text)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if not done or not rate:
@@ -109,7 +111,11 @@ def parse_wrk(text):
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors += int(non2xx.group(1)) if non2xx else 0
-    return {"requests": int(done.group(1)), "rate": float(rate.group(1)), "errors": errors}
+    scale = {"us": 1, "ms": 1e3, "s": 1e6}
+    percentiles = {f"p{float(p):g}": round(float(v) * scale[unit], 1) for p, v, unit in
+                   re.findall(r"^\s*(50|90|99|99\.9)\.?0*%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
+    return {"requests": int(done.group(1)), "rate": float(rate.group(1)), "errors": errors,
+            "latency_us": percentiles}
 
 
 def loadgate_cmd(url, args, json_path, closed):
@@ -142,13 +148,25 @@ def run_loadgate(url, args, workdir, closed):
             "latency_us": {k: report["latency"][k] for k in ("p50", "p99", "max")}}
 
 
-def run_wrk(binary, url, args, fixed_rate):
-    cmd = [binary, "-t1", f"-c{args.connections}", f"-d{args.duration}s"]
-    cmd += [f"-R{args.rate}", "--latency"] if fixed_rate else []
+def run_wrk(binary, url, args, fixed_rate, rate=None, connections=None):
+    cmd = [binary, "-t1", f"-c{connections or args.connections}", f"-d{args.duration}s"]
+    cmd += [f"-R{rate or args.rate}", "--latency"] if fixed_rate else []
     text, rc, cpu, wall = run_pinned(cmd + [url], args.generator_core, args.duration * 3 + 60)
     if rc != 0:
         raise RuntimeError(f"{binary} failed ({rc}):\n{text}")
     return dict(parse_wrk(text), cpu_s=cpu, wall_s=wall)
+
+
+def start_target(core):
+    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m",
+                             "loadgate.native.target_cli", "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    match = re.match(r"listening on [\d.]+:(\d+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"loadgate target did not start: {line!r}")
+    return proc, int(match.group(1))
 
 
 def per_million(run):
@@ -167,6 +185,8 @@ def main(argv=None):
     parser.add_argument("--generator-core", type=int, default=0)
     parser.add_argument("--server-core", type=int, default=1)
     parser.add_argument("--peers-only", action="store_true", help="skip loadgate")
+    parser.add_argument("--target-rate", type=int, default=20000,
+                        help="rate for the built-in target's check (0 skips it)")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
 
@@ -186,10 +206,21 @@ def main(argv=None):
         results["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
         if with_loadgate:
             results["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
+        if "wrk2" in found and args.target_rate:
+            results["nginx_at_target_rate"] = run_wrk(found["wrk2"], url, args, True,
+                                                      args.target_rate, 100)
     finally:
         nginx.terminate()
         nginx.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+    if "wrk2" in found and args.target_rate:
+        target, port = start_target(args.server_core)
+        try:
+            results["target_at_target_rate"] = run_wrk(
+                found["wrk2"], f"http://127.0.0.1:{port}/", args, True, args.target_rate, 100)
+        finally:
+            target.terminate()
+            target.wait(10)
     report(results, args)
     if args.json:
         with open(args.json, "w") as f:
@@ -200,11 +231,12 @@ def main(argv=None):
 def report(results, args):
     print(f"nginx on core {args.server_core}, generators on core {args.generator_core}, "
           f"{args.connections} connections, {args.duration} s per run")
-    print(f"{'run':<16}{'requests':>10}{'req/s':>11}{'errors':>8}{'CPU s':>8}{'CPU s/1M':>10}")
-    for name in ("wrk2_fixed", "loadgate_fixed", "wrk_max", "loadgate_max"):
+    print(f"{'run':<22}{'requests':>10}{'req/s':>11}{'errors':>8}{'CPU s':>8}{'CPU s/1M':>10}")
+    for name in ("wrk2_fixed", "loadgate_fixed", "wrk_max", "loadgate_max",
+                 "nginx_at_target_rate", "target_at_target_rate"):
         run = results.get(name)
         if run:
-            print(f"{name:<16}{run['requests']:>10}{run['rate']:>11.0f}{run['errors']:>8}"
+            print(f"{name:<22}{run['requests']:>10}{run['rate']:>11.0f}{run['errors']:>8}"
                   f"{run['cpu_s']:>8.2f}{per_million(run):>10.2f}")
     lg, w2 = results.get("loadgate_fixed"), results.get("wrk2_fixed")
     if lg and w2:
@@ -223,6 +255,12 @@ def report(results, args):
         results["throughput_ratio_loadgate_over_wrk"] = ratio
         print(f"(3) max throughput, {args.connections} connections: loadgate {lgm['rate']:.0f} req/s, "
               f"wrk {wm['rate']:.0f} req/s -> ratio {ratio:.2f} (goal >= 1.0, {verdict(ratio >= 1.0)})")
+    tg, ng = results.get("target_at_target_rate"), results.get("nginx_at_target_rate")
+    if tg and ng:
+        print(f"(4) loadgate target on one core under wrk2 -R{args.target_rate} -c100: "
+              f"{tg['rate']:.0f} req/s (nginx {ng['rate']:.0f}), p50 {tg['latency_us'].get('p50')} µs "
+              f"p99 {tg['latency_us'].get('p99')} µs (nginx p50 {ng['latency_us'].get('p50')} µs "
+              f"p99 {ng['latency_us'].get('p99')} µs), rate ratio {tg['rate'] / ng['rate']:.2f}")
     if not lg:
         print("loadgate bench is not available (or --peers-only): peers measured alone")
 
