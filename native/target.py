@@ -296,21 +296,21 @@ def serve(config, host="127.0.0.1", port=0, ready=None):
     # Holding the port bound (never listening) reserves it for the workers' SO_REUSEPORT sockets.
     reserve = _listening_socket(host, port)
     port = reserve.getsockname()[1]
-    context = multiprocessing.get_context("fork")
-    started = context.Semaphore(0)
-    workers = [context.Process(target=_serve_one, daemon=True,
-                               args=(config, host, port, i, lambda *_: started.release()))
-               for i in range(config.workers)]
-    for worker in workers:
-        worker.start()
-    for _ in workers:
-        if not started.acquire(timeout=30):
-            raise InfrastructureError("a target worker did not start")
-    if ready:
-        ready(host, port)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    context = multiprocessing.get_context("fork")
+    started = context.Semaphore(0)
+    workers = [context.Process(target=_worker_main, daemon=True,
+                               args=(config, host, port, i, started))
+               for i in range(config.workers)]
     try:
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            if not started.acquire(timeout=30):
+                raise InfrastructureError("a target worker did not start")
+        if ready:
+            ready(host, port)
         while not stopping and all(w.is_alive() for w in workers):
             time.sleep(0.1)
     except KeyboardInterrupt:
@@ -320,8 +320,19 @@ def serve(config, host="127.0.0.1", port=0, ready=None):
             if worker.is_alive():
                 worker.terminate()
         for worker in workers:
-            worker.join(5)
+            if worker.pid is not None:
+                worker.join(5)
         reserve.close()
+
+
+def _worker_main(config, host, port, worker_index, started):
+    import ctypes
+    import signal
+
+    # A worker must not outlive its parent, even one killed with SIGKILL.
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _serve_one(config, host, port, worker_index, lambda *_: started.release())
 
 
 def start_target_process(args=(), timeout=15.0, env=None):

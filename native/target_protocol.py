@@ -179,7 +179,9 @@ class TargetProtocol(asyncio.Protocol):
         self.url += url
 
     def on_body(self, body):
-        self.body.append(body)
+        # Only the completion emulation reads bodies; others are parsed past, not kept.
+        if self.url.startswith(b"/v1/"):
+            self.body.append(body)
 
     def on_message_complete(self):
         self.stats.requests += 1

@@ -330,3 +330,46 @@ def test_latency_samplers_follow_their_distributions():
     assert sum(draws) / len(draws) == pytest.approx(0.004, rel=0.03)
     draws = [LatencySpec.parse("uniform:1ms:3ms").sampler(rng)() for _ in range(2000)]
     assert 0.001 <= min(draws) < 0.0011 and 0.0029 < max(draws) <= 0.003
+
+
+def test_open_target_serves_inside_a_running_loop():
+    import asyncio
+
+    import uvloop
+
+    from loadgate.native.target import open_target
+    from loadgate.native.target_protocol import Outcome
+
+    async def main():
+        config = TargetConfig(behaviour=Behaviour(latency=LatencySpec.parse("20ms")))
+        server, counters = await open_target(config, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        begin = time.monotonic()
+        writer.write(GET)
+        head = await reader.readuntil(b"\r\n\r\n")
+        took = time.monotonic() - begin
+        writer.close()
+        server.close()
+        return head, took, counters
+
+    head, took, counters = uvloop.run(main())
+    assert head.startswith(b"HTTP/1.1 200 OK") and took >= 0.019
+    assert counters.outcomes[Outcome.OK] == 1 and counters.requests == 1
+
+
+def test_workers_die_with_a_killed_parent():
+    import os
+    import signal
+
+    proc, host, port = start_target_process(["--workers", "2"])
+    pids = {stats(host, port)["pid"] for _ in range(24)}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if os.path.exists(f"/proc/{pid}")
+                and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "Z"}
+        time.sleep(0.05)
+    assert not pids
+    stop_target_process(proc)
