@@ -30,6 +30,7 @@ cdef extern from "lg_hdr.h" nogil:
     int lg_hdr_add(lg_hdr_histogram* dst, const lg_hdr_histogram* src)
     int lg_hdr_subtract(lg_hdr_histogram* dst, const lg_hdr_histogram* src)
     void lg_hdr_reset(lg_hdr_histogram* h)
+    void lg_hdr_reset_recorded(lg_hdr_histogram* h)
     int64_t lg_hdr_value_at_percentile(const lg_hdr_histogram* h, double percentile)
     double lg_hdr_mean(const lg_hdr_histogram* h)
     double lg_hdr_stddev(const lg_hdr_histogram* h)
@@ -65,9 +66,14 @@ cdef extern from "lg_hdr.h" nogil:
 
     int lg_hdr_decode_v2_header(const uint8_t* buffer, lg_hdr_v2_header* header,
                                 int64_t max_counts_len)
+    ctypedef struct lg_hdr_decode_state:
+        int32_t index
+
+    void lg_hdr_decode_v2_start(lg_hdr_decode_state* state)
     int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
-                                int32_t* index, size_t* consumed)
-    int lg_hdr_decode_v2_finish(lg_hdr_histogram* h)
+                                lg_hdr_decode_state* state, size_t* consumed)
+    void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
+    void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
 
     ctypedef struct lg_hdr_recorder:
         lg_hdr_histogram* active
@@ -87,6 +93,8 @@ cdef class Histogram:
     cdef public double start_time
     cdef public double end_time
     cdef public object tag
+    # Reused by decode_and_add so that merging encoded histograms allocates nothing.
+    cdef Histogram _scratch
     cdef _merge_times(self, Histogram other)
     # Records without the GIL; clamps into range so no sample is lost.  Returns 1 if clamped.
     cdef inline int record_nogil(self, int64_t value) noexcept nogil:

@@ -276,6 +276,23 @@ cdef class Histogram:
         """The base64 V2 compressed form (the "HISTF..." string) as ASCII bytes."""
         return base64.b64encode(self.encode_binary())
 
+    def decode_and_add(self, encoded):
+        """Adds the histogram ``encoded`` holds (base64 as from encode(), or binary as from
+        encode_binary()) to this one; returns self.  The same as ``add(decode(encoded))``,
+        without allocating when the layouts match."""
+        cdef Histogram decoded
+        if self._scratch is None:
+            self._scratch = _wrap(_new_counts(self.h.lowest_discernible_value,
+                                              self.h.highest_trackable_value,
+                                              self.h.significant_figures))
+        decoded = _decode_binary(_raw_encoding(encoded), self._scratch)
+        try:
+            self.add(decoded)
+        finally:
+            if decoded is self._scratch:
+                lg_hdr_reset_recorded(decoded.h)
+        return self
+
     @staticmethod
     def decode_binary(data):
         """Decodes a V2 compressed (or uncompressed) encoding; EncodingError if malformed."""
@@ -284,16 +301,26 @@ cdef class Histogram:
     @staticmethod
     def decode(encoded):
         """Decodes the base64 V2 compressed form (bytes or str); EncodingError if malformed."""
-        if isinstance(encoded, str):
-            try:
-                encoded = encoded.encode("ascii")
-            except UnicodeEncodeError as error:
-                raise EncodingError("encoded histogram is not ASCII base64") from error
+        return _decode_binary(_from_base64(encoded))
+
+
+cdef bytes _from_base64(encoded):
+    if isinstance(encoded, str):
         try:
-            raw = base64.b64decode(bytes(encoded).strip(), validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise EncodingError(f"encoded histogram is not valid base64: {error}") from error
-        return _decode_binary(raw)
+            encoded = encoded.encode("ascii")
+        except UnicodeEncodeError as error:
+            raise EncodingError("encoded histogram is not ASCII base64") from error
+    try:
+        return base64.b64decode(bytes(encoded).strip(), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise EncodingError(f"encoded histogram is not valid base64: {error}") from error
+
+
+cdef bytes _raw_encoding(encoded):
+    # Binary V2 forms start with the cookie's 0x1c byte, which base64 text never does.
+    if isinstance(encoded, str) or encoded[:1] != b"\x1c":
+        return _from_base64(encoded)
+    return bytes(encoded)
 
 
 def _rebuild(data, start_time, end_time, tag):
@@ -304,7 +331,7 @@ def _rebuild(data, start_time, end_time, tag):
     return out
 
 
-cdef Histogram _decode_binary(bytes data):
+cdef Histogram _decode_binary(bytes data, Histogram scratch=None):
     cdef uint32_t cookie
     cdef uint32_t length
     if len(data) < _EXTERNAL_HEADER.size:
@@ -314,21 +341,32 @@ cdef Histogram _decode_binary(bytes data):
         if length > len(data) - _EXTERNAL_HEADER.size:
             raise EncodingError(f"encoded histogram claims {length} compressed bytes, "
                                 f"has {len(data) - _EXTERNAL_HEADER.size}")
-        return _decode_payload(data[_EXTERNAL_HEADER.size:_EXTERNAL_HEADER.size + length], True)
+        return _decode_payload(data[_EXTERNAL_HEADER.size:_EXTERNAL_HEADER.size + length], True,
+                               scratch)
     if (cookie & ~0xf0) == LG_HDR_V2_ENCODING_COOKIE_BASE:
-        return _decode_payload(data, False)
+        return _decode_payload(data, False, scratch)
     raise EncodingError(f"not a V2 histogram encoding (cookie 0x{cookie:08x})")
 
 
-cdef Histogram _decode_payload(bytes payload, bint compressed):
+cdef bint _fits_layout(Histogram hist, lg_hdr_v2_header* header):
+    return (hist is not None
+            and hist.h.lowest_discernible_value == header.lowest_discernible_value
+            and hist.h.highest_trackable_value == header.highest_trackable_value
+            and hist.h.significant_figures == <int32_t> header.significant_figures)
+
+
+cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch):
+    # Decodes into scratch (empty, left empty on failure) when the layouts match, else into a
+    # new histogram.  Inflates at most _DECODE_CHUNK bytes at a time.
     cdef lg_hdr_v2_header header
-    cdef Histogram out
-    cdef int32_t index = 0
+    cdef Histogram out = None
+    cdef lg_hdr_decode_state state
     cdef size_t consumed = 0
     cdef int64_t remaining
     cdef bytes chunk
     cdef int rc
     inflater = zlib.decompressobj() if compressed else None
+    lg_hdr_decode_v2_start(&state)
     try:
         if compressed:
             head = inflater.decompress(payload, LG_HDR_V2_HEADER_SIZE)
@@ -341,8 +379,11 @@ cdef Histogram _decode_payload(bytes payload, bint compressed):
         if lg_hdr_decode_v2_header(<const uint8_t*> PyBytes_AS_STRING(head), &header,
                                    MAX_DECODED_COUNTS) != LG_HDR_OK:
             raise EncodingError("histogram payload header is invalid (cookie, layout or length)")
-        out = _wrap(_new_counts(header.lowest_discernible_value, header.highest_trackable_value,
-                                header.significant_figures))
+        if _fits_layout(scratch, &header):
+            out = scratch
+        else:
+            out = _wrap(_new_counts(header.lowest_discernible_value,
+                                    header.highest_trackable_value, header.significant_figures))
         remaining = header.payload_length
         carry = b""
         while remaining > 0:
@@ -358,16 +399,19 @@ cdef Histogram _decode_payload(bytes payload, bint compressed):
             if carry:
                 chunk = carry + chunk
             rc = lg_hdr_decode_v2_counts(out.h, <const uint8_t*> PyBytes_AS_STRING(chunk),
-                                         len(chunk), &index, &consumed)
+                                         len(chunk), &state, &consumed)
             if rc != LG_HDR_OK:
-                raise EncodingError("histogram counts overrun the layout or are malformed")
+                raise EncodingError("histogram counts overrun the layout or their total overflows")
             carry = chunk[consumed:]
         if carry:
             raise EncodingError("histogram payload ends inside a count")
-        if lg_hdr_decode_v2_finish(out.h) != LG_HDR_OK:
-            raise EncodingError("histogram total count overflows")
-    except zlib.error as error:
-        raise EncodingError(f"histogram payload does not inflate: {error}") from error
+    except BaseException as error:
+        if out is not None and out is scratch:
+            lg_hdr_decode_v2_clear(out.h, &state)
+        if isinstance(error, zlib.error):
+            raise EncodingError(f"histogram payload does not inflate: {error}") from error
+        raise
+    lg_hdr_decode_v2_finish(out.h, &state)
     return out
 
 

@@ -234,6 +234,18 @@ static void lg_hdr_bounds_from_counts(lg_hdr_histogram* h)
     }
 }
 
+/* Index range [first, last] outside which h has no counts except at index 0, from its
+ * minimum and maximum: merges touch only the recorded span. */
+static void lg_hdr_recorded_range(const lg_hdr_histogram* h, int32_t* first, int32_t* last)
+{
+    *first = h->min_value == INT64_MAX ? h->counts_len : lg_hdr_counts_index_for(h, h->min_value);
+    *last = h->max_value == 0 ? 0 : lg_hdr_counts_index_for(h, h->max_value);
+    if (*last >= h->counts_len)
+    {
+        *last = h->counts_len - 1;
+    }
+}
+
 /* Checks that every recorded src value fits dst; returns LG_HDR_OK or LG_HDR_ERANGE. */
 static int lg_hdr_fits(const lg_hdr_histogram* dst, const lg_hdr_histogram* src)
 {
@@ -256,7 +268,11 @@ int lg_hdr_add(lg_hdr_histogram* dst, const lg_hdr_histogram* src)
     {
         int64_t* restrict out = dst->counts;
         const int64_t* restrict in = src->counts;
-        for (i = 0; i < dst->counts_len; i++)
+        int32_t first;
+        int32_t last;
+        lg_hdr_recorded_range(src, &first, &last);
+        out[0] += in[0];
+        for (i = first > 0 ? first : 1; i <= last; i++)
         {
             out[i] += in[i];
         }
@@ -336,6 +352,21 @@ int lg_hdr_equal(const lg_hdr_histogram* a, const lg_hdr_histogram* b)
 void lg_hdr_reset(lg_hdr_histogram* h)
 {
     memset(h->counts, 0, (size_t) h->counts_len * sizeof(int64_t));
+    h->total_count = 0;
+    h->min_value = INT64_MAX;
+    h->max_value = 0;
+}
+
+void lg_hdr_reset_recorded(lg_hdr_histogram* h)
+{
+    int32_t first;
+    int32_t last;
+    lg_hdr_recorded_range(h, &first, &last);
+    h->counts[0] = 0;
+    if (first <= last)
+    {
+        memset(h->counts + first, 0, (size_t) (last - first + 1) * sizeof(int64_t));
+    }
     h->total_count = 0;
     h->min_value = INT64_MAX;
     h->max_value = 0;
@@ -590,12 +621,21 @@ int lg_hdr_decode_v2_header(const uint8_t* buffer, lg_hdr_v2_header* header,
     return LG_HDR_OK;
 }
 
+void lg_hdr_decode_v2_start(lg_hdr_decode_state* state)
+{
+    state->index = 0;
+    state->first_nonzero_above_zero = -1;
+    state->last_nonzero = -1;
+    state->total = 0;
+}
+
 int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
-                            int32_t* index, size_t* consumed)
+                            lg_hdr_decode_state* state, size_t* consumed)
 {
     size_t at = 0;
-    int32_t next = *index;
+    int32_t next = state->index;
     int64_t* counts = h->counts;
+    int rc = LG_HDR_OK;
     while (at < length)
     {
         uint64_t bits = 0;
@@ -607,9 +647,8 @@ int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t l
             uint8_t byte;
             if (at == length)
             {
-                *index = next;
-                *consumed = start;
-                return LG_HDR_OK;
+                at = start;
+                goto done;
             }
             byte = buffer[at++];
             if (shift == 56)
@@ -629,38 +668,57 @@ int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t l
         {
             if (value < -(int64_t) (h->counts_len - next))
             {
-                return LG_HDR_ECORRUPT;
+                rc = LG_HDR_ECORRUPT;
+                goto done;
             }
             next += (int32_t) -value;
+            continue;
         }
-        else
+        if (next >= h->counts_len || __builtin_add_overflow(state->total, value, &state->total))
         {
-            if (next >= h->counts_len)
-            {
-                return LG_HDR_ECORRUPT;
-            }
-            counts[next++] = value;
+            rc = LG_HDR_ECORRUPT;
+            goto done;
         }
+        if (value > 0)
+        {
+            if (next > 0 && state->first_nonzero_above_zero < 0)
+            {
+                state->first_nonzero_above_zero = next;
+            }
+            state->last_nonzero = next;
+        }
+        counts[next++] = value;
     }
-    *index = next;
+done:
+    state->index = next;
     *consumed = at;
-    return LG_HDR_OK;
+    return rc;
 }
 
-int lg_hdr_decode_v2_finish(lg_hdr_histogram* h)
+void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
 {
-    int64_t total = 0;
-    int32_t i;
-    for (i = 0; i < h->counts_len; i++)
+    h->total_count = state->total;
+    h->min_value = INT64_MAX;
+    h->max_value = 0;
+    if (state->last_nonzero >= 0)
     {
-        if (__builtin_add_overflow(total, h->counts[i], &total))
-        {
-            return LG_HDR_ECORRUPT;
-        }
+        h->max_value = lg_hdr_highest_equivalent_value(h, lg_hdr_value_at_index(h, state->last_nonzero));
     }
-    h->total_count = total;
-    lg_hdr_bounds_from_counts(h);
-    return LG_HDR_OK;
+    if (state->first_nonzero_above_zero > 0)
+    {
+        h->min_value = lg_hdr_value_at_index(h, state->first_nonzero_above_zero);
+    }
+}
+
+void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
+{
+    if (state->index > 0)
+    {
+        memset(h->counts, 0, (size_t) state->index * sizeof(int64_t));
+    }
+    h->total_count = 0;
+    h->min_value = INT64_MAX;
+    h->max_value = 0;
 }
 
 int lg_hdr_recorder_init(int64_t lowest_discernible_value, int64_t highest_trackable_value,

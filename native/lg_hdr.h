@@ -151,6 +151,10 @@ int lg_hdr_equal(const lg_hdr_histogram* a, const lg_hdr_histogram* b);
 /* Zeroes counts, total, min and max. */
 void lg_hdr_reset(lg_hdr_histogram* h);
 
+/* As lg_hdr_reset, but touches only the span between min and max (cheap for a scratch
+ * histogram reused across decodes); min and max must be those of the counts. */
+void lg_hdr_reset_recorded(lg_hdr_histogram* h);
+
 /* Value at percentile (0..100): the highest value equivalent to the bucket holding the
  * sample of nearest rank ceil(percentile / 100 * total) (HdrHistogram Java's definition;
  * percentile 0 gives the lowest equivalent value of the minimum).  0 when empty. */
@@ -201,16 +205,32 @@ typedef struct lg_hdr_v2_header
 int lg_hdr_decode_v2_header(const uint8_t* buffer, lg_hdr_v2_header* header,
                             int64_t max_counts_len);
 
-/* Decodes counts into h (fresh from lg_hdr_init with the header's layout) chunk by chunk:
- * *index is the next count index (start at 0); returns LG_HDR_OK with *consumed set to the
- * bytes of whole words used (a word split across chunks is left for the next call), or
- * LG_HDR_ECORRUPT if the stream overruns the counts or is otherwise malformed.  Call
- * lg_hdr_decode_v2_finish after the last chunk. */
-int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
-                            int32_t* index, size_t* consumed);
+/* Progress of a chunked decode: the next count index, the lowest non-zero index above 0
+ * (-1 until seen), the highest non-zero index (-1 until seen) and the running total. */
+typedef struct lg_hdr_decode_state
+{
+    int32_t index;
+    int32_t first_nonzero_above_zero;
+    int32_t last_nonzero;
+    int64_t total;
+} lg_hdr_decode_state;
 
-/* Sets total, min and max from decoded counts; LG_HDR_ECORRUPT if the total overflows. */
-int lg_hdr_decode_v2_finish(lg_hdr_histogram* h);
+/* Starts a decode. */
+void lg_hdr_decode_v2_start(lg_hdr_decode_state* state);
+
+/* Decodes counts into h (empty, with the header's layout) chunk by chunk; returns LG_HDR_OK
+ * with *consumed set to the bytes of whole words used (a word split across chunks is left
+ * for the next call), or LG_HDR_ECORRUPT if the stream overruns the counts or the total
+ * overflows.  Call lg_hdr_decode_v2_finish after the last chunk. */
+int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
+                            lg_hdr_decode_state* state, size_t* consumed);
+
+/* Sets total, min and max of h from a finished decode. */
+void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state);
+
+/* Zeroes the counts a decode wrote into h (and its total, min and max), so a scratch
+ * histogram is reused without clearing all of it. */
+void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state);
 
 /*
  * lg_hdr_recorder: interval recording without locks on the recording side.  Writers enter a

@@ -221,3 +221,37 @@ def test_mutated_payloads_decode_or_raise_encoding_error(data):
     except EncodingError:
         return
     assert hist.total_count == sum(count for _, _, count in hist.recorded())
+
+
+def test_decode_and_add_matches_decode_then_add_and_survives_failures():
+    parts = []
+    rng = np.random.default_rng(9)
+    for k in range(6):
+        hist = Histogram()
+        hist.record_array(rng.integers(0, 10 ** (3 + k), 300))
+        parts.append(hist)
+    expected = Histogram()
+    merged = Histogram()
+    good = parts[0].encode_binary()
+    for k, part in enumerate(parts):
+        expected.add(part)
+        encoded = (part.encode(), part.encode().decode("ascii"), part.encode_binary())[k % 3]
+        assert merged.decode_and_add(encoded) is merged
+        # A failure half-way through a decode leaves neither target nor scratch dirty.
+        raw = zlib.decompress(good[8:])
+        before = merged.copy()
+        with pytest.raises(EncodingError):
+            merged.decode_and_add(wrap(raw[: len(raw) - 3]))
+        assert merged == before
+    assert merged == expected
+    other_layout = Histogram(1, 10**6, 2)
+    other_layout.record_array(np.array([5, 500, 50_000]))
+    merged.decode_and_add(other_layout.encode())
+    assert merged.total_count == expected.total_count + 3
+    too_big = Histogram(1, 10**12, 3)
+    too_big.record(10**11)
+    before = merged.copy()
+    with pytest.raises(HistogramError):
+        merged.decode_and_add(too_big.encode())
+    assert merged == before
+    assert merged.decode_and_add(parts[1].encode()) == before.add(parts[1])
