@@ -3,6 +3,7 @@
 Validation failures raise ConfigError; the server turns them into INVALID_ARGUMENT.
 """
 import math
+import os
 
 from loadgate.native.errors import ConfigError
 from loadgate.native.outcomes import Outcome
@@ -57,8 +58,27 @@ def peak_rate(spec):
     return rate / max(1, spec.shard_count)
 
 
-def engine_config(spec, schedule):
-    """An EngineConfig for a RunSpec whose schedule is already built."""
+def _rotate_file(target, directory):
+    # The engine reads rotation items from a file (engine_config's format): one body per
+    # line, or whole requests separated by "%%" lines.  Items that format cannot carry are
+    # refused rather than silently split.
+    items = list(target.request.rotate)
+    raw = target.request.rotate_raw_requests
+    for item in items:
+        if raw and (b"\n%%\n" in b"\n" + item.replace(b"\r\n", b"\n") + b"\n"):
+            raise ConfigError(f"target {target.name!r}: a rotated request contains a %% line")
+        if not raw and (not item or b"\n" in item or b"\r" in item):
+            raise ConfigError(f"target {target.name!r}: rotated bodies must be non-empty "
+                              "single lines")
+    path = os.path.join(directory, f"rotate-{len(os.listdir(directory))}")
+    with open(path, "wb") as handle:
+        handle.write((b"\n%%\n" if raw else b"\n").join(items) + b"\n")
+    return path, ("requests" if raw else "bodies")
+
+
+def engine_config(spec, schedule, scratch_dir):
+    """An EngineConfig for a RunSpec whose schedule is already built; rotation items are
+    written under ``scratch_dir``, which must outlive the run."""
     from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec
 
     if not spec.targets:
@@ -72,13 +92,15 @@ def engine_config(spec, schedule):
     targets = []
     for target in spec.targets:
         template = target.request
+        rotate = {}
         if template.rotate:
-            raise ConfigError("rotating bodies cannot be sent over the wire to this agent yet")
+            rotate["rotate_file"], rotate["rotate_mode"] = _rotate_file(target, scratch_dir)
         if not math.isfinite(target.weight) or target.weight < 0:
             raise ConfigError(f"target {target.name!r}: weight must be a non-negative number")
         request = RequestTemplate(
-            method=template.method or "GET", path=template.path or "/",
-            headers=tuple((h.name, h.value) for h in template.headers), body=template.body)
+            method=template.method or "GET", path=template.path or None,
+            headers=tuple((h.name, h.value) for h in template.headers), body=template.body,
+            **rotate)
         targets.append(TargetSpec(name=target.name, url=target.url,
                                   weight=1.0 if even else target.weight, request=request))
     kwargs = {"connections": spec.connections or 16, "max_connections": spec.max_connections or 1024,

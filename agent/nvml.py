@@ -210,7 +210,14 @@ class Nvml:
 
     def unavailable(self):
         """``{uuid: {field: reason}}`` for every figure NVML cannot give."""
-        return {device.uuid: dict(device.missing) for device in self.devices}
+        result = {}
+        for device in self.devices:
+            missing = {}
+            for name, reason in device.missing.items():
+                for field_name in (name,) + _READ_TOGETHER.get(name, ()):
+                    missing[field_name] = reason
+            result[device.uuid] = missing
+        return result
 
     def _read(self, device, name, function, *args, **kwargs):
         # Returns the NVML value, or None when this field cannot be read now.
@@ -389,6 +396,12 @@ class Nvml:
             if uuid in self._xid_counts:
                 self._xid_counts[uuid] += 1
 
+
+# Fields one NVML call gives together, filed under the first one's name when it fails.
+_READ_TOGETHER = {
+    "utilization_percent": ("memory_utilization_percent",),
+    "memory_used_bytes": ("memory_total_bytes",),
+}
 
 _SAMPLE_FIELDS = (
     "utilization_percent", "memory_utilization_percent", "memory_used_bytes",
