@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from loadgate.controller.plan_model import (
     DeploymentType, Environment, RelativeTest, Risk, Strategy, TargetRole, TrafficShift)
 from loadgate.controller.plan_types import RelativeGates
+from loadgate.controller.states import PIPELINE, Stage, SubStage
 from loadgate.controller.plan_units import format_duration, format_percent, percentile_key
 
 DEFAULT_CANARY_STEPS = (5.0, 25.0, 50.0, 100.0)
@@ -147,8 +148,9 @@ def defaults_for(plan):
                           "traffic shift 5% → 25% → 50% → 100%", Tighter.FEWER_FIRST),
                   Default("canary.hold", 60.0, "seed: monitor metrics at each stage",
                           Tighter.HIGHER),
-                  Default("canary.max_hold", 600.0, "loadgate: a step still inconclusive "
-                          "after 10 holds ends the ramp as INCONCLUSIVE", Tighter.LOWER)]
+                  Default("canary.max_hold", 10 * (plan.canary.hold_s or 60.0), "loadgate: a "
+                          "step still inconclusive after 10 holds ends the ramp as INCONCLUSIVE",
+                          Tighter.LOWER)]
     return _last_wins(found)
 
 
@@ -161,43 +163,43 @@ def _last_wins(found):
 
 
 def requirements_for(plan):
-    """(key path tuple, message) for each thing the classification requires but is missing."""
-    d, hooks = plan.deployment, plan.hooks
-    missing = []
+    """(key path tuple, message, satisfied) for every hard requirement of the classification."""
+    d, hooks, found = plan.deployment, plan.hooks, []
+
+    def need(path, message, satisfied):
+        found.append((path, message, bool(satisfied)))
+
     if d.strategy is Strategy.BLUE_GREEN:
         for name in ("switch", "rollback"):
-            if getattr(hooks, name) is None:
-                missing.append((("hooks", name), f"BLUE-GREEN requires a {name} hook (seed: "
-                                                 "traffic switch, rollback switches back)"))
-    if d.strategy is Strategy.BIG_BANG and plan.downtime_window is None:
-        missing.append((("downtime_window",), "BIG-BANG requires a declared downtime window "
-                                              "(seed: downtime window required)"))
-    if d.strategy is Strategy.ROLLING and plan.rolling.instances is None:
-        missing.append((("rolling", "instances"), "ROLLING requires the number of instances "
-                                                  "to update one batch at a time"))
-    if d.type is DeploymentType.MIGRATION and not plan.rollback.script:
-        missing.append((("rollback", "script"), "MIGRATION requires a migration rollback "
-                                                "script (seed)"))
-    if d.type is DeploymentType.HOTFIX and hooks.rollback is None:
-        missing.append((("hooks", "rollback"), "HOTFIX requires immediate revert capability: "
-                                               "a rollback hook (seed)"))
+            need(("hooks", name), f"BLUE-GREEN requires a {name} hook (seed: traffic switch, "
+                                  "rollback switches back)", getattr(hooks, name))
+    if d.strategy is Strategy.BIG_BANG:
+        need(("downtime_window",), "BIG-BANG requires a declared downtime window (seed: "
+                                   "downtime window required)", plan.downtime_window)
+    if d.strategy is Strategy.ROLLING:
+        need(("rolling", "instances"), "ROLLING requires the number of instances to update "
+                                       "one batch at a time", plan.rolling.instances)
+    if d.type is DeploymentType.MIGRATION:
+        need(("rollback", "script"), "MIGRATION requires a migration rollback script (seed)",
+             plan.rollback.script)
+    if d.type is DeploymentType.HOTFIX:
+        need(("hooks", "rollback"), "HOTFIX requires immediate revert capability: a rollback "
+                                    "hook (seed)", hooks.rollback)
     if d.environment is Environment.PRODUCTION:
-        if hooks.rollback is None and not plan.rollback.script:
-            missing.append((("rollback",), "PRODUCTION requires a rollback hook or script "
-                                           "(seed: rollback <5 min SLA, tested in staging)"))
+        need(("rollback",), "PRODUCTION requires a rollback hook or script (seed: rollback "
+                            "<5 min SLA, tested in staging)", hooks.rollback or plan.rollback.script)
         for key in ("alert_rules", "dashboard"):
-            if not getattr(plan.monitoring, key):
-                missing.append((("monitoring", key), "PRODUCTION requires monitoring evidence "
-                                                     "(seed: never deploy without monitoring)"))
-    if d.environment is Environment.STAGING and hooks.rollback is None and not (
-            plan.rollback.script or plan.rollback.procedure):
-        missing.append((("rollback",), "STAGING requires a rollback plan (seed: required, "
-                                       "tested before prod)"))
-    if d.strategy is Strategy.CANARY and plan.canary.traffic is TrafficShift.HOOK and \
-            hooks.rollback is None:
-        missing.append((("hooks", "rollback"), "a hook-driven canary needs a rollback hook to "
-                                               "take the canary's traffic back"))
-    return missing
+            need(("monitoring", key), f"PRODUCTION requires monitoring evidence: {key} (seed: "
+                                      "never deploy without monitoring)",
+                 getattr(plan.monitoring, key))
+    if d.environment is Environment.STAGING:
+        need(("rollback",), "STAGING requires a rollback plan (seed: required, tested before "
+                            "prod)", hooks.rollback or plan.rollback.script or
+             plan.rollback.procedure)
+    if d.strategy is Strategy.CANARY and plan.canary.traffic is TrafficShift.HOOK:
+        need(("hooks", "rollback"), "a hook-driven canary needs a rollback hook to take the "
+                                    "canary's traffic back", hooks.rollback)
+    return found
 
 
 def _get(plan, key):
@@ -309,7 +311,8 @@ def _decide(plan):
 
 def requirement_issues(plan):
     """Every (key path, message) that makes plan unrunnable under its classification."""
-    return requirements_for(plan) + _decide(plan)[1]
+    missing = [(path, message) for path, message, ok in requirements_for(plan) if not ok]
+    return missing + _decide(plan)[1]
 
 
 def classify(plan):
@@ -334,5 +337,25 @@ def classify(plan):
     approval = effective.approval.required is True
     return Classification(effective, tuple(decisions), approval,
                           d.environment is Environment.PRODUCTION,
-                          tuple(message for _, message in requirements_for(plan)),
+                          tuple(message for _, message, _ in requirements_for(plan)),
                           tuple(warnings))
+
+
+def rollout_node(plan):
+    """The sub-stage that rolls the deployment out: PRODUCTION in production, else STAGING."""
+    return SubStage.PRODUCTION if plan.deployment.environment is Environment.PRODUCTION \
+        else SubStage.STAGING
+
+
+def stage_graph(plan):
+    """((Stage, (SubStage, ...)), ...) this plan runs, in order.
+
+    In production, Staging Deployment checks the staging evidence and Production Deployment
+    rolls out; elsewhere this run is the pre-production rollout, done by Staging Deployment.
+    """
+    graph = []
+    for stage, subs, _ in PIPELINE:
+        if stage is Stage.DEPLOYMENT and plan.deployment.environment is not Environment.PRODUCTION:
+            subs = tuple(s for s in subs if s is not SubStage.PRODUCTION)
+        graph.append((stage, subs))
+    return tuple(graph)

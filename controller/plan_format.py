@@ -17,8 +17,9 @@ API_VERSION = "loadgate/v1"
 
 HOOK = struct(
     "A command or webhook run on the controller only, from this local plan.",
-    Field("command", listof(string(), "argv; {weight} is replaced by the canary weight "
-                                      "percent and LOADGATE_WEIGHT is set", min_items=1)),
+    Field("command", listof(string(), "argv; {weight} (canary percent), {batch}, "
+                                      "{instances_updated} are replaced and set as "
+                                      "LOADGATE_WEIGHT etc.", min_items=1)),
     Field("webhook", string("URL that receives a JSON POST with the weight",
                             pattern=r"^https?://")),
     Field("timeout", duration("how long the hook may run", positive=True)),

@@ -9,8 +9,8 @@ enforces, from the seed's State Transition Rules:
 
 1. sequential progression: a node starts (OZHIDAET -> NSV) only when its parent is NSV and the
    node before it is SV; a parent completes (NSV -> SV) only when its children are SV;
-2. rollback path: AVARIYA -> OTKAT -> the node's previous SV state (its own last SV, else the
-   final SV of the node before it);
+2. rollback path: AVARIYA -> OTKAT -> the previous SV state: the last known-good state
+   before the node (the final SV of the node before it, else its parent's previous SV);
 3. blocking cascade: a parent entering ZABLOKIROVANO puts its unfinished children in OZHIDAET
    (each its own journaled transition);
 4. monitoring loop: SV:RAZVERNUTO goes on to NSV:MONITORITSYA (or to AVARIYA), nothing else.
@@ -195,7 +195,6 @@ class StateMachine:
             for child in self.children[top]:
                 self.parent[child] = top
         self.states = {node: State.OZHIDAET for node in self.nodes()}
-        self.history = {node: [] for node in self.nodes()}
 
     def nodes(self):
         for top in self.order:
@@ -217,10 +216,8 @@ class StateMachine:
         return siblings[index - 1] if index > 0 else None
 
     def previous_sv(self, node):
-        """The SV state a rollback of node returns to, or None."""
-        for earlier in reversed(self.history[node]):
-            if earlier.perfective:
-                return earlier
+        """The SV state a rollback of node returns to: the last known-good state before it
+        (the final SV of the node before it, else its parent's previous SV), or None."""
         before = self._previous(node)
         if before is not None and self.states[before].perfective:
             return self.states[before]
@@ -273,17 +270,13 @@ class StateMachine:
                   "title": node.title, "from": source.value, "to": target.value,
                   "rule": rule.name, "reason": reason, "evidence": evidence or {}}
         self.journal.append(record)
-        self._apply(node, source, target)
+        self.states[node] = target
         if target is State.ZABLOKIROVANO:
             for child in self.children.get(node, ()):
-                if self.states[child].imperfective or self.states[child] is State.ZABLOKIROVANO:
+                if self.states[child].imperfective:
                     self.transition(child, State.OZHIDAET, f"blocked parent: {reason}",
                                     {"parent": node.key})
         return record
-
-    def _apply(self, node, source, target):
-        self.history[node].append(source)
-        self.states[node] = target
 
     def replay(self, record):
         """Re-applies a journaled transition (resume), checking it as transition() would."""
@@ -296,7 +289,7 @@ class StateMachine:
         if rule is None:
             raise IllegalTransition(f"journal replay: {source.value} -> {target.value}")
         self._check(node, rule, source, target)
-        self._apply(node, source, target)
+        self.states[node] = target
 
     def snapshot(self):
         """{node key: state value} of every node."""

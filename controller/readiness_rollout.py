@@ -1,0 +1,245 @@
+"""Rollout by strategy, the judging of measurement windows, rollback and post-deploy watch.
+
+Mixed into Readiness (readiness.py), whose attributes these generators use.  Each strategy
+walks the rollout node through NSV states, journals a ``step`` record per finished step (so
+a resumed run skips them), and either ends in SV:RAZVERNUTO or rolls back:
+
+- CANARY: for each weight (5 -> 25 -> 50 -> 100 by default) shift traffic (the agents' split,
+  or the traffic_shift hook), then judge the step's window every tick: FAIL rolls back at
+  once, PASS promotes once the hold has passed, INCONCLUSIVE holds until max_hold and then
+  ends the run INCONCLUSIVE.  Relative gates run while the baseline still gets traffic.
+- BLUE-GREEN: the switch hook, the verify_switch hook, then a window on the new colour.
+- ROLLING: the instance_step hook per batch of instances, each followed by a window.
+- BIG-BANG: wait for the downtime window, the switch hook, then a window.
+"""
+import datetime
+import math
+
+from loadgate.controller.gates import GateStatus, combine, evaluate
+from loadgate.controller.journal import RecordKind
+from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
+from loadgate.controller.plan_units import format_duration, format_percent
+from loadgate.controller.plan_types import GatesPlan
+from loadgate.controller.states import Node, Stage, State
+from loadgate.controller.verdict import RunStatus
+
+
+class RolloutMixin:
+    deploying = False
+
+    def judge_window(self, window, weights, rate, min_s, max_s, judged, pair,
+                     only_errors=False):
+        """Generator: opens a window and judges it every tick until a decision.
+
+        Returns (status, results, measurement): FAIL as soon as a gate fails; PASS once every
+        gate passes and min_s has elapsed; at max_s whatever the gates say then.
+        """
+        self.source.start_window(weights, rate)
+        start = self.clock()
+        gates = self.plan.gates
+        if only_errors:
+            gates = GatesPlan(confidence=gates.confidence, error_rate=gates.error_rate)
+        last = None
+        while True:
+            yield from self._pause()
+            measurement = self.source.collect()
+            elapsed = self.clock() - start
+            results = evaluate(gates, measurement, window, judged, *pair)
+            status = combine(results)
+            if status is not last:
+                self.journal.append({
+                    "kind": RecordKind.STEP.value, "time": self.clock(), "phase": "evaluation",
+                    "window": window, "status": status.value, "elapsed": elapsed,
+                    "samples": {name: t.latency.total_count
+                                for name, t in measurement.targets.items()}})
+                last = status
+            if status is GateStatus.FAIL or elapsed >= max_s or (
+                    status is GateStatus.PASS and elapsed >= min_s):
+                return status, results, measurement
+
+    def _finished_steps(self, phase):
+        return {s["index"] for s in self.steps if s.get("phase") == phase and
+                s.get("status") == GateStatus.PASS.value}
+
+    def _hook(self, name, hook, **values):
+        result = self.hooks.run(name, hook, **values)
+        self.journal.append({"kind": RecordKind.HOOK.value, "time": self.clock(),
+                             **result.to_dict(), "values": values})
+        return result
+
+    def rollout(self, node):
+        """Generator: the strategy's rollout of node; True when it reached SV:RAZVERNUTO."""
+        strategy = self.plan.deployment.strategy
+        self.deploying = True
+        runner = {Strategy.CANARY: self._canary, Strategy.BLUE_GREEN: self._blue_green,
+                  Strategy.ROLLING: self._rolling, Strategy.BIG_BANG: self._big_bang}[strategy]
+        done = yield from runner(node)
+        if done:
+            self._to(node, State.RAZVERNUTO, f"{strategy.value} rollout passed every gate")
+        return done
+
+    def canary_weights(self, percent):
+        if self.plan.canary.traffic is TrafficShift.HOOK:
+            return self.static_weights()
+        baseline = self.plan.target(TargetRole.BASELINE).name
+        canary = self.plan.target(TargetRole.CANARY).name
+        return {baseline: 1.0 - percent / 100.0, canary: percent / 100.0}
+
+    def _judged(self, weights):
+        canary = self.plan.target(TargetRole.CANARY)
+        if canary is not None and weights.get(canary.name):
+            return [canary.name]
+        return [name for name, share in weights.items() if share > 0]
+
+    def _canary(self, node):
+        canary = self.plan.canary
+        done = self._finished_steps("canary")
+        for index, percent in enumerate(canary.steps):
+            if index in done:
+                continue
+            label = f"canary step {index + 1} ({format_percent(percent)})"
+            evidence = {"step": index + 1, "weight": percent}
+            self._to(node, State.VYPOLNYAETSYA, f"shifting {format_percent(percent)} of the "
+                                                "traffic to the canary", evidence)
+            if canary.traffic is TrafficShift.HOOK:
+                shifted = self._hook("traffic_shift", self.plan.hooks.traffic_shift,
+                                     weight=percent)
+                if not shifted.ok:
+                    return self.roll_back(f"traffic_shift hook failed ({shifted.status})",
+                                          evidence)
+            weights = self.canary_weights(percent)
+            self._to(node, State.TESTIRUYETSYA, f"holding {label} for at least "
+                                                f"{format_duration(canary.hold_s)}", evidence)
+            status, results, measurement = yield from self.judge_window(
+                label, weights, self.plan.load.rate, canary.hold_s, canary.max_hold_s,
+                self._judged(weights), self.pair(weights))
+            self._record_step("canary", label, results, measurement, index=index,
+                              weight=percent)
+            if status is GateStatus.FAIL:
+                return self.roll_back(f"{label} failed: {failed_reasons(results)}", evidence)
+            if status is GateStatus.INCONCLUSIVE:
+                return self._inconclusive(f"{label} still inconclusive after "
+                                          f"{format_duration(canary.max_hold_s)}: "
+                                          f"{inconclusive_reasons(results)}")
+        return True
+
+    def _verify_window(self, node, label, evidence, phase, **extra):
+        weights = self.static_weights()
+        hold = self.plan.canary.hold_s or self.plan.load.duration_s
+        self._to(node, State.TESTIRUYETSYA, f"verifying {label}", evidence)
+        status, results, measurement = yield from self.judge_window(
+            label, weights, self.plan.load.rate, hold, 2 * hold, self._judged(weights),
+            self.pair(weights))
+        self._record_step(phase, label, results, measurement, **extra)
+        if status is GateStatus.FAIL:
+            return self.roll_back(f"{label} failed: {failed_reasons(results)}", evidence)
+        if status is GateStatus.INCONCLUSIVE:
+            return self._inconclusive(f"{label}: {inconclusive_reasons(results)}")
+        return True
+
+    def _switch(self, node, label):
+        self._to(node, State.VYPOLNYAETSYA, label)
+        switched = self._hook("switch", self.plan.hooks.switch, weight=100)
+        if not switched.ok:
+            return self.roll_back(f"switch hook failed ({switched.status}): "
+                                  f"{switched.output[-200:]}", {})
+        return True
+
+    def _blue_green(self, node):
+        if not self._switch(node, "switching traffic to the new colour"):
+            return False
+        verified = self._hook("verify_switch", self.plan.hooks.verify_switch, weight=100)
+        if not verified.ok:
+            return self.roll_back(f"verify_switch hook failed ({verified.status})", {})
+        return (yield from self._verify_window(node, "after the switch", {"switch": "done"},
+                                               "switch", index=0))
+
+    def _rolling(self, node):
+        rolling = self.plan.rolling
+        batches = math.ceil(rolling.instances / rolling.batch_size)
+        done = self._finished_steps("rolling")
+        for index in range(batches):
+            if index in done:
+                continue
+            updated = min(rolling.instances, (index + 1) * rolling.batch_size)
+            evidence = {"batch": index + 1, "instances_updated": updated,
+                        "instances": rolling.instances}
+            self._to(node, State.VYPOLNYAETSYA, f"updating batch {index + 1}/{batches}",
+                     evidence)
+            stepped = self._hook("instance_step", self.plan.hooks.instance_step,
+                                 batch=index + 1, instances_updated=updated,
+                                 instances=rolling.instances)
+            if not stepped.ok:
+                return self.roll_back(f"instance_step hook failed ({stepped.status})",
+                                      evidence)
+            label = f"rolling batch {index + 1}/{batches} ({updated}/{rolling.instances})"
+            if not (yield from self._verify_window(node, label, evidence, "rolling",
+                                                   index=index)):
+                return False
+        return True
+
+    def _big_bang(self, node):
+        window = self.plan.downtime_window
+        start, end = (datetime.datetime.fromisoformat(t).timestamp()
+                      for t in (window.start, window.end))
+        if self.clock() > end:
+            return self._block(node, f"the downtime window {window.start} .. {window.end} "
+                                     "is over", {"window": [window.start, window.end]})
+        while self.clock() < start:
+            yield from self._pause()
+        if not self._switch(node, "replacing every instance in the downtime window"):
+            return False
+        return (yield from self._verify_window(node, "after the big-bang switch",
+                                               {"window": [window.start, window.end]},
+                                               "switch", index=0))
+
+    def post_deploy(self, node, rollout):
+        """Generator: watches the deployed version for the post-deploy window."""
+        seconds = self.plan.monitoring.post_deploy_window_s
+        self._to(node, State.MONITORITSYA, f"watching for {format_duration(seconds)}")
+        weights = self.canary_weights(100.0) if self.plan.deployment.strategy is \
+            Strategy.CANARY else self.static_weights()
+        status, results, measurement = yield from self.judge_window(
+            "post-deploy", weights, self.plan.load.rate, seconds, seconds,
+            self._judged(weights), (None, None))
+        self._record_step("post_deploy", "post-deploy", results, measurement)
+        if status is GateStatus.FAIL:
+            return self.roll_back(f"post-deploy monitoring failed: {failed_reasons(results)}", {})
+        if status is GateStatus.INCONCLUSIVE:
+            return self._inconclusive(f"post-deploy: {inconclusive_reasons(results)}")
+        self._to(node, State.PROVERENO, f"{len(results)} gates held for "
+                                        f"{format_duration(seconds)}")
+        return True
+
+    def roll_back(self, reason, evidence):
+        """AVARIYA -> rollback hook -> OTKAT -> previous SV for every deploying node; False."""
+        stage = Node(Stage.DEPLOYMENT)
+        nodes = [n for n in self.machine.children[stage]
+                 if self.machine.state(n).imperfective or
+                 self.machine.state(n) is State.RAZVERNUTO]
+        for node in nodes + [stage]:
+            self._to(node, State.AVARIYA, reason, evidence)
+        if self.plan.deployment.strategy is Strategy.CANARY and \
+                self.plan.canary.traffic is TrafficShift.SPLIT:
+            self.source.start_window(self.canary_weights(0.0), self.plan.load.rate)
+        result = self._hook("rollback", self.plan.hooks.rollback, weight=0)
+        if not result.ok:
+            self._finish(RunStatus.FAILED, f"{reason}; rollback hook FAILED "
+                         f"({result.status}): the deployment stays in AVARIYA")
+            return False
+        for node in nodes:
+            self._to(node, State.OTKAT, f"rollback initiated: {reason}", evidence)
+            self._to(node, self.machine.previous_sv(node), "rolled back to the previous "
+                     "known-good state", {"hook": result.to_dict()})
+        self._to(stage, State.OTKAT, f"rolled back: {reason}", {"hook": result.to_dict()})
+        self._finish(RunStatus.FAILED, reason)
+        return False
+
+
+def failed_reasons(results):
+    return "; ".join(f"{r.name}: {r.reason}" for r in results if r.status is GateStatus.FAIL)
+
+
+def inconclusive_reasons(results):
+    return "; ".join(f"{r.name}: {r.reason}" for r in results
+                     if r.status is GateStatus.INCONCLUSIVE)

@@ -1,0 +1,169 @@
+"""report.md: the seed's Deployment Status Report and Deployment Classification Report.
+
+Rendered from a Verdict (verdict.py) alone, so a report can be regenerated from verdict.json.
+"""
+import datetime
+
+SEED_NAMES = {
+    "FEATURE": "xin gong-neng", "HOTFIX": "jin-ji xiu-fu", "ROLLBACK": "hui-gun",
+    "CONFIG": "pei-zhi", "MIGRATION": "qian-yi", "HIGH": "gao feng-xian",
+    "MEDIUM": "zhong feng-xian", "LOW": "di feng-xian", "DEV": "kai-fa huan-jing",
+    "STAGING": "yan-zheng huan-jing", "PRODUCTION": "sheng-chan huan-jing",
+    "BLUE-GREEN": "lan-lv bu-shu", "CANARY": "jin-si-que bu-shu", "ROLLING": "gun-dong bu-shu",
+    "BIG-BANG": "yi-ci-xing bu-shu",
+}
+
+
+def _time(epoch, seconds=False):
+    if epoch is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _number(value, unit):
+    if value is None or value != value:
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit in ("%", "pts"):
+        return f"{value:.2f}{'%' if unit == '%' else ' pts'}"
+    if unit == "x":
+        return f"{value:.3f}x"
+    return f"{value:.1f} {unit}".strip()
+
+
+def _status_lines(verdict):
+    lines = [f"## Deployment Status Report - {_time(verdict.finished, True)}", ""]
+    by_parent = {}
+    for stage in verdict.stages:
+        by_parent.setdefault(stage["parent"], []).append(stage)
+    previous = None
+    for stage in by_parent.get(None, []):
+        lines.append(f"### {stage['title']} [{stage['state']}]")
+        children = by_parent.get(stage["node"], [])
+        if stage["state"] == "OZHIDAET" and previous is not None and \
+                not previous["state"].startswith("SV:"):
+            lines.append(f"- Blocked by: {previous['title']} [{previous['state']}]")
+        elif stage["state"] == "OZHIDAET" and all(c["state"] == "OZHIDAET" for c in children):
+            lines.append("- Waiting: prerequisites must be SV first")
+        else:
+            waiting_on = None
+            for child in children:
+                lines.append(f"- {child['title']}: {_child_state(child, waiting_on)}")
+                if not child["state"].startswith("SV:"):
+                    waiting_on = waiting_on or child
+        lines.append("")
+        previous = stage
+    return lines
+
+
+def _child_state(child, waiting_on):
+    state = child["state"]
+    if state.startswith("SV:"):
+        return f"[{state}] at {_time(child['since'])}"
+    if state.startswith("NSV:"):
+        return f"[{state}] started {_time(child['since'])}"
+    if state == "OZHIDAET" and waiting_on is not None:
+        return f"[OZHIDAET] (blocked by {waiting_on['title'].lower()})"
+    return f"[{state}]" + (f" at {_time(child['since'])}" if child["since"] else "")
+
+
+def _classification_lines(verdict):
+    d = verdict.deployment
+    values = {c["key"]: c["value"] for c in verdict.classification}
+    steps = values.get("canary.steps")
+    strategy_note = " - " + " → ".join(f"{s:g}%" for s in steps) if steps else ""
+    lines = ["# Deployment Classification Report", "",
+             f"**Deployment ID**: {d['id']}",
+             f"**Timestamp**: {_time(verdict.started, True).replace(' ', 'T')}Z",
+             f"**Requested By**: {d.get('requested_by') or '-'}", "",
+             "## Classification", "",
+             f"- **Type**: {d['type']} ({SEED_NAMES[d['type']]})"
+             + (f" - {d['description']}" if d.get("description") else ""),
+             f"- **Risk Level**: {d['risk']} ({SEED_NAMES[d['risk']]})",
+             f"- **Strategy**: {d['strategy']} ({SEED_NAMES[d['strategy']]}){strategy_note}",
+             f"- **Environment**: {d['environment']} ({SEED_NAMES[d['environment']]})", "",
+             "### Requirements filled in by the classification", "",
+             "| key | value | how | why |", "|---|---|---|---|"]
+    for c in verdict.classification:
+        how = c["disposition"].lower() + (f" (override: {c['override_reason']})"
+                                          if c["override_reason"] else "")
+        lines.append(f"| {c['key']} | {_value(c['value'])} | {how} | {c['reason']} |")
+    lines.append("")
+    return lines
+
+
+def _value(value):
+    if isinstance(value, list):
+        return " → ".join(f"{v:g}" for v in value)
+    return str(value).lower() if isinstance(value, bool) else f"{value}"
+
+
+def _gate_lines(verdict):
+    lines = ["## Deployment Gates", "",
+             "| gate | window | measured | threshold | 95% bounds | samples | status |",
+             "|---|---|---|---|---|---|---|"]
+    for g in verdict.gates:
+        bounds = "-" if g.lower is None and g.upper is None else \
+            f"{_number(g.lower, g.unit)} .. {_number(g.upper, g.unit)}"
+        lines.append(f"| {g.name} | {g.window} | {_number(g.measured, g.unit)} | "
+                     f"{_number(g.threshold, g.unit)} | {bounds} | {g.samples} | "
+                     f"{g.status.value} |")
+    if not verdict.gates:
+        lines.append("| (no window was judged) | | | | | | |")
+    lines.append("")
+    steps = [s for s in verdict.steps if s.get("phase") in ("canary", "rolling", "switch")]
+    if steps:
+        lines += ["## Rollout Steps", "", "| step | status | at | requests |", "|---|---|---|---|"]
+        for s in steps:
+            requests = sum(t["requests"] for t in s.get("measured", {}).values())
+            lines.append(f"| {s['window']} | {s['status']} | {_time(s['time'], True)} | "
+                         f"{requests} |")
+        lines.append("")
+    return lines
+
+
+def _rollback_lines(verdict):
+    plan = verdict.plan or {}
+    rollback = plan.get("rollback", {})
+    hook = (plan.get("hooks") or {}).get("rollback")
+    lines = ["## Rollback Plan", "",
+             f"- **Strategy**: {rollback.get('strategy', '-')}",
+             f"- **RTO**: {rollback.get('rto', '-')} s" if rollback.get("rto") else
+             "- **RTO**: -"]
+    if rollback.get("procedure"):
+        lines.append(f"- **Procedure**: `{rollback['procedure']}`")
+    if hook:
+        lines.append(f"- **Hook**: `{' '.join(hook.get('command', [])) or hook.get('webhook')}`")
+    if rollback.get("tested_in_staging") is not None:
+        lines.append(f"- **Validation**: tested in staging: "
+                     f"{'yes' if rollback['tested_in_staging'] else 'no'}")
+    lines.append("")
+    return lines
+
+
+def render(verdict):
+    """The Markdown report of a Verdict."""
+    lines = _status_lines(verdict) + _classification_lines(verdict) + _gate_lines(verdict)
+    lines += _rollback_lines(verdict)
+    if verdict.overrides:
+        lines += ["## Overrides of HIGH-risk defaults", ""]
+        lines += [f"- {o['key']}: {_value(o['default'])} → {_value(o['value'])} "
+                  f"({o['override_reason'] or 'no reason given'})" for o in verdict.overrides]
+        lines.append("")
+    if verdict.decisions:
+        lines += ["## Decisions", ""]
+        lines += [f"- {r['kind']} by {r.get('who')} at {_time(r.get('time'), True)}: "
+                  f"{r.get('why')}" for r in verdict.decisions]
+        lines.append("")
+    lines += ["## Recommendation", "",
+              f"**Verdict**: {verdict.status.value}",
+              f"**Status**: {verdict.marker} - {verdict.recommendation}",
+              f"**Reason**: {'; '.join(verdict.reasons) or 'every stage passed its gates'}",
+              "**Next Steps**:"]
+    lines += [f"{i}. {step}" for i, step in enumerate(verdict.next_steps, 1)]
+    lines += ["", "## State Transitions", ""]
+    lines += [f"- {_time(t['time'], True)} {t['title']}: [{t['from']}] → [{t['to']}] "
+              f"({t['reason']})" for t in verdict.transitions]
+    return "\n".join(lines) + "\n"
