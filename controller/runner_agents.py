@@ -54,12 +54,20 @@ class AgentClient:
                 address, credentials, options=_CHANNEL_OPTIONS + _OWN_CONNECTION)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         self._beat = agent_pb2_grpc.AgentStub(self._beat_channel)
+        # Reports arrive as bytes: the controller journals exactly what the agent sent and
+        # parses it once, itself.
+        self._stream_raw = self._channel.unary_stream(
+            "/loadgate.v1.Agent/StreamReports",
+            request_serializer=agent_pb2.StreamReportsRequest.SerializeToString)
+        self.known_id = None  # the id a resumed run recorded, until Describe answers
         self.node = None  # NodeInfo once described
         self.clock = None  # ClockSample once measured
 
     @property
     def agent_id(self):
-        return self.node.agent_id if self.node else self.address
+        if self.node:
+            return self.node.agent_id
+        return self.known_id or self.address
 
     async def describe(self, timeout_s=5.0):
         try:
@@ -108,8 +116,9 @@ class AgentClient:
                                                                        reason=reason), timeout_s)
 
     def stream_reports(self, run_id, after_seq):
-        """The StreamReports call (an async iterator of IntervalReport; cancel() ends it)."""
-        return self._stub.StreamReports(
+        """The StreamReports call: an async iterator of serialized IntervalReports (bytes);
+        cancel() ends it."""
+        return self._stream_raw(
             agent_pb2.StreamReportsRequest(run_id=run_id, after_seq=after_seq),
             metadata=self.metadata)
 

@@ -64,7 +64,7 @@ class RunDefinition:
     max_connections: int = 256
     timeout_s: float = 5.0
     interval_s: float = 1.0
-    workers_per_agent: int = 1
+    workers_per_agent: int = 0  # 0: the agent's own default (one per core)
     dead_man_s: float = DEFAULT_DEAD_MAN_S
     agent_loss: AgentLossPolicy = AgentLossPolicy.ABORT
     labels: dict = field(default_factory=dict)  # free-form, copied into the summary
@@ -95,7 +95,7 @@ class RunDefinition:
                                            for t in self.targets))
 
     @classmethod
-    def from_plan(cls, plan, workers_per_agent=1):
+    def from_plan(cls, plan, workers_per_agent=0):
         """The run a plan's ``targets`` and ``load`` describe."""
         targets = tuple(_target_from_plan(t) for t in plan.targets)
         load = plan.load

@@ -1,0 +1,96 @@
+"""The embedded default: ``loadgate run`` with no agents starts its own on loopback.
+
+Each agent is a real ``loadgate agent --listen 127.0.0.1:0`` process; its output goes to a
+log file (in the run directory) whose first line, ``listening on HOST:PORT``, says where it
+listens.  The cores are shared out so N local agents do not oversubscribe the node.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from loadgate.native.errors import InfrastructureError
+
+_LISTENING = re.compile(r"^listening on (\S+:\d+)\s*$")
+
+
+class LocalAgents:
+    """``count`` agent processes; a context manager that stops them on exit."""
+
+    def __init__(self, count, log_path, workers=None, dead_man="5s", extra_args=(), env=None,
+                 startup_timeout_s=30.0):
+        if count < 1:
+            raise InfrastructureError(f"cannot start {count} local agents")
+        self.count = count
+        self.log_path = log_path  # callable: index -> path of that agent's log
+        self.workers = workers or max(1, (os.cpu_count() or 1) // count)
+        self.dead_man = dead_man
+        self.extra_args = tuple(str(a) for a in extra_args)
+        self.env = env
+        self.startup_timeout_s = startup_timeout_s
+        self.processes = []
+        self.addresses = []
+
+    def start(self):
+        """Starts every agent and returns their addresses once all listen."""
+        logs = []
+        try:
+            for index in range(self.count):
+                path = self.log_path(index)
+                log = open(path, "w")
+                logs.append(path)
+                command = [sys.executable, "-m", "loadgate.controller.cli", "agent",
+                           "--listen", "127.0.0.1:0", "--workers", str(self.workers),
+                           "--dead-man", self.dead_man, *self.extra_args]
+                # Its own session: a Ctrl-C at the terminal reaches the controller, which
+                # stops the agents in order, rather than killing them mid-report.
+                self.processes.append(subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=self.env, start_new_session=True))
+                log.close()
+            self.addresses = [self._wait_listening(p, path)
+                              for p, path in zip(self.processes, logs)]
+        except BaseException:
+            self.stop()
+            raise
+        return list(self.addresses)
+
+    def _wait_listening(self, process, path):
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            with open(path) as f:
+                first = f.readline()
+            if first.endswith("\n"):
+                match = _LISTENING.match(first)
+                if match:
+                    return match.group(1)
+                raise InfrastructureError(f"local agent said {first.strip()!r} (log: {path})")
+            if process.poll() is not None:
+                raise InfrastructureError(
+                    f"local agent exited with status {process.returncode} (log: {path})")
+            time.sleep(0.02)
+        raise InfrastructureError(f"local agent did not listen within "
+                                  f"{self.startup_timeout_s:g} s (log: {path})")
+
+    def stop(self, timeout_s=15.0):
+        """SIGTERM every agent, SIGKILL those still running after ``timeout_s``."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,132 @@
+"""``loadgate run PLAN``: run a plan's load across agents and write a run directory.
+
+With no agents (neither ``--agents`` nor ``agents:`` in the plan) it starts the plan's
+``local_agents`` agents on loopback itself.  Exit status: 0 when the run completed, 2 when it
+was stopped or aborted, 4 when it failed (no agent finished), 3 for a bad plan.
+"""
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import grpc
+
+from loadgate.controller.local_agents import LocalAgents
+from loadgate.controller.rundir import RunDir
+from loadgate.controller.runner import DistributedRun
+from loadgate.controller.runner_resume import resume_run
+from loadgate.controller.runner_session import RunStatus
+from loadgate.controller.runner_spec import RunDefinition
+from loadgate.controller.runner_summary import render_summary
+from loadgate.native.errors import ConfigError
+
+EXIT_CODES = {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 2, RunStatus.ABORTED: 2,
+              RunStatus.FAILED: 4}
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("run", help="run a plan's load across agents",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("plan", nargs="?", help="the plan (YAML); not needed with --resume")
+    parser.add_argument("--agents", help="HOST:PORT,... (overrides the plan's agents)")
+    parser.add_argument("--run-dir", help="where to write the run (default runs/RUN_ID)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="take over the run in DIR after a controller crash")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="engine workers per agent (default: the agent's, one per core)")
+    parser.add_argument("--no-progress", action="store_true", help="no live table")
+    parser.add_argument("--token-file", help="send 'authorization: Bearer <token>' to agents")
+    parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key (PEM)")
+    parser.add_argument("--tls-ca", help="CA (PEM) that signs the agents' certificates")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args):
+    if not args.plan and not args.resume:
+        raise ConfigError("give a PLAN, or --resume DIR")
+    credentials, metadata = _security(args)
+    return asyncio.run(_main(args, credentials, metadata))
+
+
+async def _main(args, credentials, metadata):
+    local = None
+    if args.resume:
+        run = resume_run(args.resume, credentials=credentials, metadata=metadata)
+    else:
+        from loadgate.controller.plan import load_plan
+        plan = load_plan(args.plan)
+        definition = RunDefinition.from_plan(plan, workers_per_agent=args.workers)
+        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
+        run_dir = RunDir(args.run_dir or os.path.join("runs", run_id))
+        agents = _agent_list(args.agents) if args.agents else list(plan.agents)
+        if not agents:
+            local = LocalAgents(plan.local_agents, run_dir.agent_log,
+                                workers=args.workers or None,
+                                dead_man=f"{definition.dead_man_s:g}s")
+            agents = await asyncio.to_thread(local.start)
+        run = DistributedRun(definition, agents, run_dir, run_id=run_id,
+                             credentials=credentials, metadata=metadata)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: loop.create_task(run.stop("interrupted")))
+    try:
+        if args.no_progress or not sys.stderr.isatty():
+            summary = await _drive(run, args.resume)
+        else:
+            from loadgate.controller.progress import RunProgress
+            with RunProgress(run):
+                summary = await _drive(run, args.resume)
+    finally:
+        await run.close()
+        if local:
+            await asyncio.to_thread(local.stop)
+    print(render_summary(summary), end="")
+    print(f"run directory: {run.run_dir.path}")
+    return EXIT_CODES.get(run.status, 4)
+
+
+async def _drive(run, resumed):
+    if not resumed:
+        await run.prepare()
+        await run.start()
+    else:
+        run.launch()
+    return await run.wait()
+
+
+def _agent_list(text):
+    agents = [a.strip() for a in text.split(",") if a.strip()]
+    for agent in agents:
+        host, _, port = agent.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--agents: {agent!r} is not HOST:PORT")
+    return agents
+
+
+def _security(args):
+    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+    credentials = None
+    if any(tls):
+        if not all(tls):
+            raise ConfigError("mutual TLS needs all of --tls-cert, --tls-key and --tls-ca")
+        contents = []
+        for path in (args.tls_ca, args.tls_key, args.tls_cert):
+            try:
+                with open(path, "rb") as f:
+                    contents.append(f.read())
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc}") from None
+        credentials = grpc.ssl_channel_credentials(*contents)
+    metadata = ()
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --token-file: {exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file} is empty")
+        metadata = (("authorization", f"Bearer {token}"),)
+    return credentials, metadata
