@@ -18,7 +18,7 @@ import enum
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 
@@ -37,6 +37,9 @@ GPU_OOM_FREE_RATIO = 0.1
 LAG_SHARE_OF_GATE = 0.1
 DEFAULT_LAG_LIMIT_S = 0.01
 DEFAULT_WINDOW_S = 300.0
+# The seed alerts on low throughput whatever the gates say; without a throughput gate the plan's
+# own offered load is the expectation, with the margin classification uses elsewhere.
+DEFAULT_MIN_RATIO_PERCENT = 95.0
 GROUP_INTERVAL = "30s"
 
 
@@ -141,6 +144,8 @@ def _request_rules(gates, window):
             f"above the gate of {number(gates.error_rate)}%", 120.0))
     offered = f"sum(rate({names.RUN_REQUESTS_INTENDED.name}[{window}]))"
     throughput = gates.throughput
+    if throughput.min_ratio is None and throughput.min_rps is None:
+        throughput = replace(throughput, min_ratio=DEFAULT_MIN_RATIO_PERCENT)
     if throughput.min_ratio is not None:
         rules.append(AlertRule(
             AlertName.LOW_THROUGHPUT,
