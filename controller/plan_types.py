@@ -378,7 +378,8 @@ def to_canonical(plan):
             "concurrency": load.concurrency, "think_time": load.think_time_s,
             "ramp_to": load.ramp_to,
             "steps": [{"rate": s.rate, "duration": s.duration_s} for s in load.steps]}),
-        "agents": list(plan.agents), "local_agents": plan.local_agents,
+        "agents": list(plan.agents),
+        "local_agents": None if plan.agents else plan.local_agents,
         "agent_loss": plan.agent_loss.value,
         "gates": _drop_none({
             "confidence": gates.confidence, "latency": _pairs_dict(gates.latency),

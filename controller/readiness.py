@@ -313,7 +313,7 @@ class Readiness(RolloutMixin):
             weights = self.static_weights()
             judged = [name for name, share in weights.items() if share > 0]
             if self.plan.monitoring.smoke:
-                self._to(latency, State.VYPOLNYAETSYA, "smoke test at 10% of the rate")
+                self._to(latency, State.V_PROTSESSE, "smoke test at 10% of the rate")
                 smoke_s = max(load.interval_s, 5.0)
                 status, results, _ = yield from self.judge_window(
                     "smoke", weights, load.rate * 0.1, smoke_s, smoke_s, judged, (None, None),
@@ -325,7 +325,8 @@ class Readiness(RolloutMixin):
             if load.warmup_s:
                 self.source.start_window(weights, load.rate)
                 yield from self._hold(load.warmup_s)
-            self._to(latency, State.TESTIRUYETSYA, "measuring after warm-up")
+            self._to(latency, State.TESTIRUYETSYA, "measuring the performance window"
+                     + (" after warm-up" if load.warmup_s else ""))
             status, results, measurement = yield from self.judge_window(
                 "performance", weights, load.rate, load.duration_s, load.duration_s, judged,
                 self.pair(weights))

@@ -60,6 +60,9 @@ def _status_lines(verdict):
 
 def _child_state(child, waiting_on):
     state = child["state"]
+    if state.startswith("SV:") and child.get("rolled_back"):
+        return f"[{state}] at {_time(child['since'])} (rolled back: [AVARIYA] → [OTKAT] → " \
+               f"previous [{state}])"
     if state.startswith("SV:"):
         return f"[{state}] at {_time(child['since'])}"
     if state.startswith("NSV:"):
@@ -89,20 +92,14 @@ def _classification_lines(verdict):
     for c in verdict.classification:
         how = c["disposition"].lower() + (f" (override: {c['override_reason']})"
                                           if c["override_reason"] else "")
-        lines.append(f"| {c['key']} | {_value(c['value'])} | {how} | {c['reason']} |")
+        lines.append(f"| {c['key']} | {c['shown']} | {how} | {c['reason']} |")
     lines.append("")
     return lines
 
 
-def _value(value):
-    if isinstance(value, list):
-        return " → ".join(f"{v:g}" for v in value)
-    return str(value).lower() if isinstance(value, bool) else f"{value}"
-
-
 def _gate_lines(verdict):
     lines = ["## Deployment Gates", "",
-             "| gate | window | measured | threshold | 95% bounds | samples | status |",
+             "| gate | window | measured | threshold | confidence bounds | samples | status |",
              "|---|---|---|---|---|---|---|"]
     for g in verdict.gates:
         bounds = "-" if g.lower is None and g.upper is None else \
@@ -145,11 +142,14 @@ def _rollback_lines(verdict):
 
 def render(verdict):
     """The Markdown report of a Verdict."""
-    lines = _status_lines(verdict) + _classification_lines(verdict) + _gate_lines(verdict)
+    lines = _status_lines(verdict)
+    if "type" in verdict.deployment:
+        lines += _classification_lines(verdict)
+    lines += _gate_lines(verdict)
     lines += _rollback_lines(verdict)
     if verdict.overrides:
         lines += ["## Overrides of HIGH-risk defaults", ""]
-        lines += [f"- {o['key']}: {_value(o['default'])} → {_value(o['value'])} "
+        lines += [f"- {o['key']}: {o['shown_default']} → {o['shown']} "
                   f"({o['override_reason'] or 'no reason given'})" for o in verdict.overrides]
         lines.append("")
     if verdict.decisions:

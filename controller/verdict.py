@@ -116,14 +116,16 @@ def build(run):
     since = {}
     for record in transitions:
         since[record["node"]] = record["time"]
+    rolled_back = {r["node"] for r in transitions if r["to"] == "OTKAT"}
     stages = [{"node": node.key, "title": node.title, "state": machine.state(node).value,
-               "since": since.get(node.key),
+               "since": since.get(node.key), "rolled_back": node.key in rolled_back,
                "parent": machine.parent[node].key if node in machine.parent else None}
               for node in machine.nodes()]
     gates = [result for results in run.windows.values() for result in results]
     status = _STATUS[run.status]
     d = plan.deployment
     classification = [{"key": c.key, "default": _show(c.default), "value": _show(c.value),
+                       "shown": c.shown(c.value), "shown_default": c.shown(c.default),
                        "disposition": c.disposition.name, "reason": c.reason,
                        "override_reason": c.override_reason}
                       for c in run.classification.decisions]
@@ -181,7 +183,7 @@ def next_steps(verdict, plan):
     if any(s["state"] == "AVARIYA" for s in verdict.stages):
         steps.append("The rollback did not complete: restore the previous version by hand "
                      "→ [OTKAT]")
-    for gate in unsure:
+    for gate in unsure if verdict.status is VerdictStatus.INCONCLUSIVE else ():
         steps.append(f"Collect more evidence for {gate.name} ({gate.reason}): raise "
                      f"load.rate or the hold → [SV:PROVERENO]")
     staging = states.get("deployment.staging")
@@ -213,6 +215,18 @@ def write(verdict, run_dir):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     return sorted(outputs)
+
+
+def write_error(run_dir, kind, message, deployment=None):
+    """Writes the verdict of a run that could not start (an ErrorKind with its message), so
+    ``loadgate gate check`` reports 3 (plan) or 4 (infrastructure); returns the file names."""
+    verdict = Verdict(
+        status=VerdictStatus.INCONCLUSIVE, run_status=RunStatus.BLOCKED.value,
+        recommendation="DO NOT DEPLOY", marker="[ZABLOKIROVANO]",
+        deployment=deployment or {"id": "-"}, classification=[], overrides=[], gates=[],
+        reasons=[message], next_steps=[f"Fix the {kind.value} error, then run again"],
+        stages=[], error={"kind": kind.value, "message": message})
+    return write(verdict, run_dir)
 
 
 def load(run_dir):
