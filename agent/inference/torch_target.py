@@ -13,6 +13,7 @@ import enum
 import importlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 from loadgate.agent.inference.metrics import Measurement
@@ -97,7 +98,10 @@ def load_model(torch, spec, device):
             # refuses eval().
             return torch.export.load(spec).module().to(device)
         try:
-            model = torch.jit.load(spec, map_location=device)
+            with warnings.catch_warnings():
+                # TorchScript is deprecated upstream, but it is the format asked for here.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(spec, map_location=device)
         except RuntimeError as exc:
             raise ConfigError(f"{spec}: not a TorchScript file ({str(exc).splitlines()[0]})") \
                 from None
