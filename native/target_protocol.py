@@ -184,6 +184,8 @@ class TargetProtocol(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self):
+        if self.closed:
+            return
         self.stats.requests += 1
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         keep_alive = self.parser.should_keep_alive()
@@ -233,6 +235,7 @@ class TargetProtocol(asyncio.Protocol):
         if delay <= 0 and not self.queue:
             self.transport.write(data)
             if close:
+                self.closed = True
                 self.transport.close()
             return
         slot = _Slot()

@@ -373,3 +373,14 @@ def test_workers_die_with_a_killed_parent():
         time.sleep(0.05)
     assert not pids
     stop_target_process(proc)
+
+
+def test_nothing_is_answered_after_a_closing_answer(target):
+    host, port = target()
+    with socket.create_connection((host, port)) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1") == 1
+    assert stats(host, port)["requests"] == 2
