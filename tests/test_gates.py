@@ -1,0 +1,164 @@
+"""Gates on real HDR histograms filled from chosen distributions."""
+import math
+
+import numpy as np
+import pytest
+
+from loadgate.controller.gates import (
+    GateStatus, combine, distribution_gate, error_rate_gate, evaluate, ks_one_sided,
+    latency_gate, mann_whitney, min_samples_for_percentile, order_statistic_ranks,
+    percentile_bounds, ratio_gate, saturation_gate, throughput_gate)
+from loadgate.controller.plan_model import RelativeTest
+from loadgate.controller.plan_types import GatesPlan, RelativeGates, SaturationLimits
+from loadgate.controller.readiness_protocol import (
+    TargetWindow, TelemetrySample, WindowMeasurement)
+from loadgate.native._hdr import Histogram
+
+
+def histogram(values):
+    hist = Histogram()
+    hist.record_array(np.maximum(1, np.asarray(values)).astype(np.int64))
+    return hist
+
+
+def lognormal(n, median_us=20_000, sigma=0.4, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(np.log(median_us * scale), sigma, n)
+
+
+def binomial_cdf(k, n, q):
+    return sum(math.comb(n, i) * q ** i * (1 - q) ** (n - i) for i in range(0, k + 1))
+
+
+@pytest.mark.parametrize("n, percentile, confidence", [(299, 99, 0.95), (400, 99, 0.95),
+                                                        (60, 95, 0.9), (200, 50, 0.99)])
+def test_order_statistic_ranks_are_the_exact_binomial_ones(n, percentile, confidence):
+    q = percentile / 100
+    lower, upper = order_statistic_ranks(n, percentile, confidence)
+    assert binomial_cdf(upper - 1, n, q) >= confidence > binomial_cdf(upper - 2, n, q)
+    assert 1 - binomial_cdf(lower - 1, n, q) >= confidence > 1 - binomial_cdf(lower, n, q)
+
+
+def test_minimum_sample_rule():
+    assert min_samples_for_percentile(99, 0.95) == 299
+    assert min_samples_for_percentile(95, 0.95) == 59
+    assert min_samples_for_percentile(99.9, 0.95) == 2995
+    assert order_statistic_ranks(298, 99, 0.95)[1] is None
+    assert order_statistic_ranks(299, 99, 0.95)[1] == 299
+
+
+def test_too_few_samples_are_inconclusive_never_pass():
+    fast = histogram(np.full(298, 1_000))
+    result = latency_gate("p99", fast, 99, 0.2, 0.95, "w")
+    assert result.status is GateStatus.INCONCLUSIVE and "needs 299" in result.reason
+    assert result.samples == 298
+    assert latency_gate("p99", histogram(np.full(299, 1_000)), 99, 0.2, 0.95,
+                        "w").status is GateStatus.PASS
+
+
+def test_latency_gate_pass_fail_and_straddle():
+    hist = histogram(lognormal(20_000))
+    p95_ms = hist.value_at_percentile(95) / 1000
+    passed = latency_gate("p95", hist, 95, 2 * p95_ms / 1000, 0.95, "w")
+    failed = latency_gate("p95", hist, 95, 0.5 * p95_ms / 1000, 0.95, "w")
+    near = latency_gate("p95", hist, 95, p95_ms / 1000, 0.95, "w")
+    assert passed.status is GateStatus.PASS and passed.upper <= passed.threshold
+    assert failed.status is GateStatus.FAIL and failed.lower > failed.threshold
+    assert near.status is GateStatus.INCONCLUSIVE
+    assert passed.unit == "ms" and passed.window == "w" and passed.samples == 20_000
+
+
+def test_percentile_bounds_cover_the_true_quantile_at_the_stated_rate():
+    sigma, median, q = 0.4, 20_000, 0.99
+    truth = median * math.exp(sigma * 2.3263478740408408)
+    misses = 0
+    for seed in range(200):
+        lower, upper = percentile_bounds(histogram(lognormal(500, seed=seed)), 99, 0.9)
+        misses += not (upper >= truth * 0.999)
+    assert misses <= 40, misses
+
+
+def test_error_rate_gate():
+    assert error_rate_gate("e", 3, 1000, 5, 0.95, "w").status is GateStatus.PASS
+    assert error_rate_gate("e", 120, 1000, 5, 0.95, "w").status is GateStatus.FAIL
+    assert error_rate_gate("e", 50, 1000, 5, 0.95, "w").status is GateStatus.INCONCLUSIVE
+    few = error_rate_gate("e", 0, 20, 5, 0.95, "w")
+    assert few.status is GateStatus.INCONCLUSIVE and "needs" in few.reason
+
+
+def test_throughput_and_saturation_gates():
+    assert throughput_gate("t", 960, 1000, 1, None, 95, "w").status is GateStatus.PASS
+    assert throughput_gate("t", 900, 1000, 1, None, 95, "w").status is GateStatus.FAIL
+    assert throughput_gate("t", 90, 100, 1, 100, None, "w").status is GateStatus.FAIL
+    assert saturation_gate("cpu", [40, 50, 60, 55], 80, "w").status is GateStatus.PASS
+    assert saturation_gate("cpu", [40, 90, 95, 92], 80, "w").status is GateStatus.FAIL
+    none = saturation_gate("gpu", [None, None, None], 80, "w", "NVML not found")
+    assert none.status is GateStatus.INCONCLUSIVE and none.reason == "NVML not found"
+
+
+def test_mann_whitney_and_ks_match_the_sample_level_statistics():
+    stats = pytest.importorskip("scipy.stats")
+    baseline = np.maximum(1, lognormal(5000, seed=1)).astype(np.int64)
+    canary = np.maximum(1, lognormal(800, seed=2, scale=1.05)).astype(np.int64)
+    # Quantise to the histogram's buckets so ties are the same on both sides.
+    hb, hc = histogram(baseline), histogram(canary)
+    bucketed_b = np.array([hb.lowest_equivalent_value(int(v)) for v in baseline])
+    bucketed_c = np.array([hc.lowest_equivalent_value(int(v)) for v in canary])
+    auc, _, p = mann_whitney(hb, hc)
+    reference = stats.mannwhitneyu(bucketed_c, bucketed_b, alternative="greater",
+                                  use_continuity=False, method="asymptotic")
+    assert auc == pytest.approx(reference.statistic / (5000 * 800), rel=1e-9)
+    assert p == pytest.approx(reference.pvalue, rel=1e-6)
+    d, _ = ks_one_sided(hb, hc)
+    assert d == pytest.approx(stats.ks_2samp(bucketed_c, bucketed_b,
+                                             alternative="less").statistic, rel=1e-9)
+
+
+@pytest.mark.parametrize("test", list(RelativeTest))
+def test_distribution_gate_catches_a_shift_and_passes_an_identical_canary(test):
+    baseline = histogram(lognormal(40_000, seed=3))
+    same = histogram(lognormal(10_000, seed=4))
+    slower = histogram(lognormal(10_000, seed=5, scale=1.3))
+    assert distribution_gate("d", baseline, same, test, 1, 5, 0.95,
+                             "w").status is GateStatus.PASS
+    result = distribution_gate("d", baseline, slower, test, 1, 5, 0.95, "w")
+    assert result.status is GateStatus.FAIL and result.measured > 5
+    tiny = distribution_gate("d", baseline, histogram(lognormal(10, seed=6)), test, 1, 5,
+                             0.95, "w")
+    assert tiny.status is GateStatus.INCONCLUSIVE
+
+
+def test_ratio_gate_on_p99():
+    baseline = histogram(lognormal(50_000, seed=7))
+    assert ratio_gate("r", baseline, histogram(lognormal(5_000, seed=8)), 99, 1.2, 0.95,
+                      "w").status is GateStatus.PASS
+    regressed = ratio_gate("r", baseline, histogram(lognormal(5_000, seed=9, scale=1.3)), 99,
+                           1.2, 0.95, "w")
+    assert regressed.status is GateStatus.FAIL and regressed.measured == pytest.approx(1.3,
+                                                                                       rel=0.1)
+    few = ratio_gate("r", baseline, histogram(lognormal(100, seed=10)), 99, 1.2, 0.95, "w")
+    assert few.status is GateStatus.INCONCLUSIVE and "needs" in few.reason
+
+
+def test_evaluate_runs_every_gate_of_the_plan_and_combine_orders_statuses():
+    gates = GatesPlan(confidence=95.0, latency=((95.0, 0.2), (99.0, 0.5)), error_rate=5.0,
+                      saturation=SaturationLimits(cpu=80.0),
+                      relative=RelativeGates(RelativeTest.MANN_WHITNEY, 1.0, 5.0,
+                                             ((99.0, 1.2),)))
+    targets = {"base": TargetWindow("base", histogram(lognormal(9000, seed=11)), 9000, 3,
+                                    900, 900),
+               "can": TargetWindow("can", histogram(lognormal(1000, seed=12)), 1000, 1,
+                                   100, 100)}
+    telemetry = tuple(TelemetrySample(t, cpu=30.0) for t in range(5))
+    results = evaluate(gates, WindowMeasurement(0, 10, targets, telemetry), "step", ["can"],
+                       "base", "can")
+    names = [r.name for r in results]
+    assert names == ["can.latency.p95", "can.latency.p99", "can.error_rate",
+                     "saturation.cpu", "relative.mann-whitney", "relative.p99_ratio"]
+    assert combine(results) is GateStatus.PASS
+    statuses = [r.status for r in results]
+    assert all(s is GateStatus.PASS for s in statuses)
+    assert combine([]) is GateStatus.PASS
+    mixed = [results[0], saturation_gate("x", [], 80, "w")]
+    assert combine(mixed) is GateStatus.INCONCLUSIVE
+    assert combine(mixed + [throughput_gate("t", 1, 100, 1, 50, None, "w")]) is GateStatus.FAIL
