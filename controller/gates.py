@@ -191,19 +191,40 @@ def error_rate_gate(name, errors, total, limit_percent, confidence, window):
         **common, **bounds)
 
 
-def throughput_gate(name, achieved_rps, intended_rps, requests, min_rps, min_ratio, window):
-    """Achieved rate against an absolute floor and/or a fraction of the intended rate."""
+def throughput_gate(name, achieved_rps, intended_rps, requests, min_rps, min_ratio, window,
+                    duration_s, confidence):
+    """Achieved rate against an absolute floor or a fraction of the intended rate.
+
+    Arrival counts are noisy (Poisson arrivals, window edges), so the achieved rate gets a
+    counting-error band of z * sqrt(count) / duration: PASS when the band's lower edge clears
+    the floor, FAIL when its upper edge is below it, INCONCLUSIVE in between.
+    """
+    z = _z(confidence)
+    if duration_s <= 0 or requests == 0:
+        floor = min_ratio if min_ratio is not None else min_rps
+        return GateResult(name, float("nan"), floor, window, requests, GateStatus.INCONCLUSIVE,
+                          "no completed requests in the window yet",
+                          "%" if min_ratio is not None else "req/s")
+    band = z * math.sqrt(requests) / duration_s
     if min_ratio is not None:
-        ratio = 100.0 * achieved_rps / intended_rps if intended_rps else float("nan")
-        ok = intended_rps > 0 and ratio >= min_ratio
-        return GateResult(name, ratio, min_ratio, window, requests,
-                          GateStatus.PASS if ok else GateStatus.FAIL,
-                          f"achieved {achieved_rps:.1f} of {intended_rps:.1f} req/s intended "
-                          f"({ratio:.1f}%, floor {min_ratio:g}%)", "%")
-    ok = achieved_rps >= min_rps
-    return GateResult(name, achieved_rps, min_rps, window, requests,
-                      GateStatus.PASS if ok else GateStatus.FAIL,
-                      f"achieved {achieved_rps:.1f} req/s (floor {min_rps:g})", "req/s")
+        if not intended_rps:
+            return GateResult(name, float("nan"), min_ratio, window, requests,
+                              GateStatus.INCONCLUSIVE, "no intended rate to compare with", "%")
+        scale = 100.0 / intended_rps
+        measured, floor, unit = achieved_rps * scale, min_ratio, "%"
+        text = f"achieved {achieved_rps:.1f} of {intended_rps:.1f} req/s intended " \
+               f"({measured:.1f}%, floor {min_ratio:g}%)"
+    else:
+        scale, measured, floor, unit = 1.0, achieved_rps, min_rps, "req/s"
+        text = f"achieved {achieved_rps:.1f} req/s (floor {min_rps:g})"
+    lower, upper = measured - band * scale, measured + band * scale
+    if lower >= floor:
+        status = GateStatus.PASS
+    elif upper < floor:
+        status = GateStatus.FAIL
+    else:
+        status, text = GateStatus.INCONCLUSIVE, text + "; within counting error of the floor"
+    return GateResult(name, measured, floor, window, requests, status, text, unit, lower, upper)
 
 
 MIN_TELEMETRY_SAMPLES = 3
@@ -350,10 +371,12 @@ def evaluate(gates, measurement, window, judged, baseline=None, canary=None):
     floor = gates.throughput
     if floor.min_rps is not None:
         results.append(throughput_gate("throughput.min_rps", achieved, intended, requests,
-                                       floor.min_rps, None, window))
+                                       floor.min_rps, None, window, measurement.duration_s,
+                                       confidence))
     if floor.min_ratio is not None:
         results.append(throughput_gate("throughput.min_ratio", achieved, intended, requests,
-                                       None, floor.min_ratio, window))
+                                       None, floor.min_ratio, window, measurement.duration_s,
+                                       confidence))
     for metric in ("cpu", "gpu_utilization", "sm_activity", "gpu_memory"):
         limit = getattr(gates.saturation, metric)
         if limit is not None:

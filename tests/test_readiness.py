@@ -1,0 +1,205 @@
+"""The orchestrator end to end: canary ramps judged by real histograms, approvals, blocking."""
+import json
+import os
+
+import pytest
+
+from loadgate.controller import gate_cli
+from loadgate.controller.gates import MIN_RELATIVE_SAMPLES
+from loadgate.controller.plan import load_plan
+from loadgate.controller.readiness import Readiness, abort, approve
+from loadgate.controller.states import Node, Stage, State, SubStage
+from loadgate.controller.verdict import RunStatus, VerdictStatus, load
+from test_readiness_support import FakeClock, Profile, SyntheticSource, canary_plan
+
+STAGING = Node(Stage.DEPLOYMENT, SubStage.STAGING)
+PRODUCTION = Node(Stage.DEPLOYMENT, SubStage.PRODUCTION)
+
+
+def start(tmp_path, profiles, run="run", seed=1, **plan_args):
+    clock = FakeClock()
+    plan = load_plan(canary_plan(tmp_path, **plan_args))
+    source = SyntheticSource(clock, profiles, seed=seed)
+    return Readiness(plan, tmp_path / run, source, clock), clock, source
+
+
+def records(run_dir, kind=None, phase=None):
+    with open(os.path.join(run_dir, "journal.jsonl")) as handle:
+        found = [json.loads(line) for line in handle]
+    return [r for r in found if (kind is None or r["kind"] == kind)
+            and (phase is None or r.get("phase") == phase)]
+
+
+def test_a_healthy_canary_is_promoted_to_100_percent(tmp_path):
+    readiness, clock, source = start(tmp_path, {"baseline": Profile(), "canary": Profile()})
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.PASSED, readiness.reasons
+    steps = records(tmp_path / "run", "step", "canary")
+    assert [(s["weight"], s["status"]) for s in steps] == [
+        (5, "PASS"), (25, "PASS"), (50, "PASS"), (100, "PASS")]
+    canary_shares = [w.get("canary", 0) for _, w, _ in source.windows]
+    assert 0.05 in canary_shares and canary_shares.index(1.0) > canary_shares.index(0.5)
+    assert readiness.machine.state(STAGING) is State.RAZVERNUTO
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.ZAVERSHENO
+    assert load(tmp_path / "run").status is VerdictStatus.PASS
+    assert not os.path.exists(tmp_path / "rollback-called")
+    assert source.stopped
+
+
+def test_a_canary_whose_p99_regresses_30_percent_under_load_is_rolled_back(tmp_path):
+    slow = Profile(slowdown=1.3, slow_above_rps=4.0)
+    readiness, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": slow}, rate=100)
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.FAILED
+    run = tmp_path / "run"
+    steps = records(run, "step", "canary")
+    assert [(s["weight"], s["status"]) for s in steps] == [(5, "FAIL")]
+    evaluations = records(run, "step", "evaluation")
+    step_one = [e for e in evaluations if e["window"].startswith("canary step 1")]
+    assert step_one[-1]["status"] == "FAIL"
+    assert all(e["status"] == "INCONCLUSIVE" for e in step_one[:-1])
+    assert step_one[-1]["samples"]["canary"] >= MIN_RELATIVE_SAMPLES
+    failed = [g for g in load(run).gates if g.status.value == "FAIL"]
+    assert failed and all(g.window == "canary step 1 (5%)" for g in failed)
+    transitions = [(r["node"], r["to"]) for r in records(run, "transition")]
+    assert ("deployment.staging", "AVARIYA") in transitions
+    assert transitions.index(("deployment.staging", "OTKAT")) > \
+        transitions.index(("deployment.staging", "AVARIYA"))
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.OTKAT
+    assert readiness.machine.state(STAGING).perfective
+    with open(tmp_path / "rollback-called") as handle:
+        assert handle.read().split() == ["0"]
+    assert gate_cli.check(str(run))[0] == gate_cli.ExitCode.FAIL
+
+
+def test_the_same_canary_below_its_load_threshold_passes_the_first_step(tmp_path):
+    slow = Profile(slowdown=1.3, slow_above_rps=100.0)
+    readiness, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": slow}, rate=600)
+    readiness.run(lambda: clock.advance(5.0), 5000)
+    steps = records(tmp_path / "run", "step", "canary")
+    assert steps[0]["status"] == "PASS" and steps[0]["weight"] == 5
+    assert steps[-1]["status"] == "FAIL" and steps[-1]["weight"] == 25
+
+
+def test_too_few_samples_give_inconclusive(tmp_path):
+    readiness, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": Profile()},
+                                rate=2, duration="10s")
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.INCONCLUSIVE
+    verdict = load(tmp_path / "run")
+    assert verdict.status is VerdictStatus.INCONCLUSIVE
+    unsure = [g for g in verdict.gates if g.status.value == "INCONCLUSIVE"]
+    assert any("needs" in g.reason for g in unsure)
+    assert not any(g.status.value == "PASS" and g.name.endswith("latency.p95") and
+                   g.samples < 59 for g in verdict.gates)
+    assert readiness.machine.state(Node(Stage.PERFORMANCE, SubStage.LATENCY)) is \
+        State.TESTIRUYETSYA
+    assert gate_cli.check(str(tmp_path / "run"))[0] == gate_cli.ExitCode.INCONCLUSIVE
+
+
+def test_high_risk_waits_in_ozhidaet_for_a_recorded_approval(tmp_path):
+    readiness, clock, _ = start(
+        tmp_path, {"baseline": Profile(), "canary": Profile()}, risk="HIGH", hold="60s",
+        extra="""\
+        monitoring:
+          post_deploy_window: 1m
+        overrides:
+          - key: monitoring.post_deploy_window
+            reason: test cluster
+        """)
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.WAITING
+    assert readiness.machine.state(STAGING) is State.OZHIDAET
+    for _ in range(20):
+        clock.advance(60.0)
+        assert readiness.tick() is RunStatus.WAITING
+    assert not records(tmp_path / "run", "step", "canary")
+    code, message = gate_cli.check(str(tmp_path / "run"))
+    assert code == gate_cli.ExitCode.INCONCLUSIVE and "no verdict yet" in message
+    approve(tmp_path / "run", "alice", "change board CAB-42 approved", clock)
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.PASSED
+    verdict = load(tmp_path / "run")
+    assert [(d["kind"], d["who"], d["why"]) for d in verdict.decisions] == [
+        ("approval", "alice", "change board CAB-42 approved")]
+    assert [o["key"] for o in verdict.overrides] == ["monitoring.post_deploy_window"]
+    first_step = records(tmp_path / "run", "step", "canary")[0]
+    assert first_step["time"] > verdict.decisions[0]["time"]
+
+
+def test_production_without_staging_evidence_is_blocked(tmp_path):
+    extra = """\
+        monitoring:
+          alert_rules: alerts.yaml
+          dashboard: dashboard.json
+        """
+    write_monitoring(tmp_path)
+    readiness, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": Profile()},
+                                environment="PRODUCTION", extra=extra)
+    status = readiness.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.BLOCKED
+    assert readiness.machine.state(STAGING) is State.ZABLOKIROVANO
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.ZABLOKIROVANO
+    assert readiness.machine.state(PRODUCTION) is State.OZHIDAET
+    verdict = load(tmp_path / "run")
+    assert verdict.status is VerdictStatus.INCONCLUSIVE
+    assert verdict.recommendation == "DO NOT DEPLOY" and verdict.marker == "[ZABLOKIROVANO]"
+    assert any("Run the STAGING plan" in step for step in verdict.next_steps)
+
+
+def test_production_proceeds_on_a_passed_staging_run_of_the_same_deployment(tmp_path):
+    staging, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": Profile()},
+                              run="staging-run")
+    assert staging.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
+    write_monitoring(tmp_path)
+    extra = f"""\
+        monitoring:
+          alert_rules: alerts.yaml
+          dashboard: dashboard.json
+          post_deploy_window: 2m
+        staging_evidence: {tmp_path / "staging-run"}
+        """
+    production, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": Profile()},
+                                 run="prod-run", environment="PRODUCTION", extra=extra,
+                                 name="prod.yaml", seed=2)
+    status = production.run(lambda: clock.advance(5.0), 5000)
+    assert status is RunStatus.WAITING
+    assert production.machine.state(STAGING) is State.PROVERENO
+    approve(tmp_path / "prod-run", "release-manager", "staging passed", clock)
+    assert production.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
+    assert production.machine.state(PRODUCTION) is State.RAZVERNUTO
+
+
+def write_monitoring(tmp_path):
+    (tmp_path / "alerts.yaml").write_text("""\
+groups:
+  - name: deploy
+    interval: 30s
+    rules:
+      - alert: HighLatency
+        expr: histogram_quantile(0.95, sum by (le) (rate(loadgate_latency_seconds_bucket[5m]))) > 0.2
+      - alert: HighErrorRate
+        expr: sum(rate(loadgate_errors_total[5m])) / sum(rate(loadgate_requests_total[5m])) > 0.05
+      - alert: LowThroughput
+        expr: sum(rate(loadgate_requests_total[5m])) < 50
+      - alert: HighCPU
+        expr: avg(loadgate_cpu_utilization) > 0.8
+""")
+    (tmp_path / "dashboard.json").write_text(json.dumps(
+        {"dashboard": {"title": "Deploy", "panels": [{"title": "p95"}, {"title": "errors"}]}}))
+
+
+def test_an_abort_during_the_ramp_rolls_back_and_is_journaled(tmp_path):
+    readiness, clock, _ = start(tmp_path, {"baseline": Profile(), "canary": Profile()})
+    for _ in range(400):
+        readiness.tick()
+        clock.advance(5.0)
+        if records(tmp_path / "run", "step", "canary"):
+            break
+    abort(tmp_path / "run", "bob", "incident INC-7 in progress", clock)
+    assert readiness.run(lambda: clock.advance(5.0), 100) is RunStatus.ABORTED
+    verdict = load(tmp_path / "run")
+    assert verdict.status is VerdictStatus.INCONCLUSIVE
+    assert verdict.decisions[0]["who"] == "bob"
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.OTKAT
+    assert os.path.exists(tmp_path / "rollback-called")
