@@ -1,0 +1,85 @@
+# The load engine's hot path: one WorkerEngine per worker process, on that process's uvloop.
+# Python (engine_worker.py) drives it: build, preconnect, start, take_interval, stop.  Nothing
+# per request crosses into Python except uvloop's own protocol callbacks.
+from libc.stdint cimport int64_t
+from loadgate.native._hdr cimport Histogram
+
+# Indices of the per-target counters; the same numbers as loadgate.native.outcomes.Outcome.
+cdef enum:
+    LG_OK_2XX = 0
+    LG_REDIRECT_3XX = 1
+    LG_CLIENT_4XX = 2
+    LG_SERVER_5XX = 3
+    LG_CONNECT_ERROR = 4
+    LG_TIMEOUT = 5
+    LG_RESET = 6
+    LG_PARSE_ERROR = 7
+    LG_NOT_SENT = 8
+    LG_OUTCOME_COUNT = 9
+
+
+# Intended send instants (absolute monotonic ns) waiting for a free connection, oldest first.
+cdef class PendingQueue:
+    cdef int64_t* items
+    cdef Py_ssize_t capacity, head, length
+    cdef int push(self, int64_t intended) except -1
+    cdef int64_t pop(self) noexcept
+    cdef int64_t peek(self) noexcept
+
+
+cdef class TargetState:
+    cdef readonly str name
+    cdef readonly str host
+    cdef readonly int port
+    cdef object ssl_context
+    cdef object server_hostname
+    cdef list requests
+    cdef Py_ssize_t next_request
+    cdef list idle
+    cdef Py_ssize_t open_count, connecting, max_connections
+    cdef PendingQueue pending
+    cdef Histogram latency, service_time, schedule_lag
+    cdef int64_t counts[LG_OUTCOME_COUNT]
+    cdef int64_t sent, late, bytes_read
+    cdef double weight, credit
+    cdef bytes next_request_bytes(self)
+
+
+cdef class Connection:
+    cdef WorkerEngine engine
+    cdef TargetState target
+    cdef object transport
+    cdef object parser
+    cdef bint busy, closed
+    cdef int64_t intended, sent_at
+    cdef void send(self, int64_t intended, int64_t now) except *
+    cdef void end_request(self, int outcome, int64_t now) except *
+
+
+cdef class WorkerEngine:
+    cdef object loop
+    cdef list targets
+    cdef set busy
+    cdef object cursor
+    cdef int64_t[::1] batch
+    cdef Py_ssize_t batch_pos, batch_len, batch_size
+    cdef int timer_fd
+    cdef int64_t start_mono, end_mono, timeout_ns
+    cdef bint open_loop, generating, started
+    cdef Py_ssize_t closed_users
+    cdef double think_time_s
+    cdef int64_t intended, dispatched, timer_wakeups
+    cdef object on_drained
+    cdef object sweep_handle
+    cdef bint users_started
+    cdef int64_t unscheduled
+    cdef bint refill(self) except -1
+    cdef void end_generation(self) except *
+    cdef void connect_failed(self, TargetState target) except *
+    cdef TargetState pick_target(self)
+    cdef void dispatch(self, int64_t intended, int64_t now) except *
+    cdef void connection_free(self, Connection conn) except *
+    cdef void ensure_capacity(self, TargetState target) except *
+    cdef void finish(self, TargetState target, int outcome, int64_t intended, int64_t sent_at,
+                     int64_t now) except *
+    cdef void check_drained(self) except *

@@ -1,0 +1,544 @@
+# distutils: sources = native/lg_hdr.c native/lg_pacer.c
+"""The open-loop HTTP/1.1 engine's hot path, one instance per worker process.
+
+Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival is
+watched by uvloop like a socket; on wake-up every arrival that is due goes out, and one due
+within SPIN_NS is waited for by spinning rather than by another sleep.  Each arrival picks a
+target by smooth weighted round-robin, takes an idle keep-alive connection, and if none is
+idle it queues (counted late) while a new connection opens, up to the target's cap: the
+schedule never waits for the pool.
+
+Recording: latency (completion - intended), service time (completion - send) and schedule
+lag (send - intended), in microseconds, into per-target histograms through
+``Histogram.record_nogil``; outcomes are counters indexed like ``Outcome``.  A request that was
+sent records all three; one that never got a connection records latency only; NOT_SENT
+records nothing.  Python takes the interval's histograms and counters with ``take_interval``.
+"""
+import asyncio
+import os
+
+import httptools
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+
+from loadgate.native._hdr cimport Histogram
+
+cdef extern from "lg_pacer.h" nogil:
+    int64_t lg_pacer_now_ns()
+    int lg_pacer_open()
+    int lg_pacer_arm(int fd, int64_t deadline_ns)
+    int lg_pacer_disarm(int fd)
+    int64_t lg_pacer_consume(int fd)
+    int64_t lg_pacer_spin_until(int64_t deadline_ns)
+    int lg_pacer_tighten_timer_slack()
+
+# A wake-up costs more than spinning through a gap this short.
+DEF SPIN_NS = 10000
+# Batches from the schedule cursor are sized to cover about this long, so a live rate change
+# takes effect within it while batch overhead stays negligible at high rates.
+DEF BATCH_SPAN_MIN_NS = 20000000
+DEF BATCH_SPAN_MAX_NS = 100000000
+DEF BATCH_MAX = 4096
+DEF UNSCHEDULED_BATCH = 65536
+# A closed loop whose target refuses connections would otherwise spin; it retries after this.
+DEF CLOSED_RETRY_S = 0.01
+
+_CONNECT_FAILURES = (OSError, asyncio.TimeoutError, ValueError)
+
+
+def monotonic_ns():
+    """CLOCK_MONOTONIC in ns, the clock the engine paces on."""
+    return lg_pacer_now_ns()
+
+
+cdef inline int outcome_for_status(int status) noexcept:
+    if 200 <= status < 600:
+        return status // 100 - 2
+    return LG_PARSE_ERROR
+
+
+cdef inline int64_t micros(int64_t ns) noexcept:
+    return ns // 1000 if ns > 0 else 0
+
+
+cdef class PendingQueue:
+    def __cinit__(self):
+        self.capacity = 64
+        self.items = <int64_t*> PyMem_Malloc(self.capacity * sizeof(int64_t))
+        if self.items == NULL:
+            raise MemoryError()
+        self.head = 0
+        self.length = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.items)
+
+    def __len__(self):
+        return self.length
+
+    cdef int push(self, int64_t intended) except -1:
+        cdef int64_t* grown
+        if self.length == self.capacity:
+            grown = <int64_t*> PyMem_Realloc(self.items, 2 * self.capacity * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            # Unwrap: the part before head moves to just after the old end.
+            memcpy(grown + self.capacity, grown, self.head * sizeof(int64_t))
+            self.items = grown
+            self.capacity *= 2
+        self.items[(self.head + self.length) % self.capacity] = intended
+        self.length += 1
+        return 0
+
+    cdef int64_t pop(self) noexcept:
+        cdef int64_t value = self.items[self.head]
+        self.head = (self.head + 1) % self.capacity
+        self.length -= 1
+        return value
+
+    cdef int64_t peek(self) noexcept:
+        return self.items[self.head]
+
+
+cdef class TargetState:
+    """One target as a worker sees it: its pool, queue, histograms and counters."""
+
+    def __init__(self, str name, str host, int port, ssl_context, list requests,
+                 Py_ssize_t max_connections, double weight):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.server_hostname = host if ssl_context is not None else None
+        self.requests = requests
+        self.next_request = 0
+        self.idle = []
+        self.open_count = 0
+        self.connecting = 0
+        self.max_connections = max_connections
+        self.pending = PendingQueue()
+        self.latency = Histogram()
+        self.service_time = Histogram()
+        self.schedule_lag = Histogram()
+        self.sent = self.late = self.bytes_read = 0
+        for i in range(LG_OUTCOME_COUNT):
+            self.counts[i] = 0
+        self.weight = weight
+        self.credit = 0.0
+
+    cdef bytes next_request_bytes(self):
+        cdef bytes request = self.requests[self.next_request]
+        self.next_request += 1
+        if self.next_request == len(self.requests):
+            self.next_request = 0
+        return request
+
+    def take(self):
+        """This interval's (latency, service_time, schedule_lag, counts, sent, late,
+        bytes_read), leaving fresh ones in place."""
+        taken = (self.latency, self.service_time, self.schedule_lag,
+                 [self.counts[i] for i in range(LG_OUTCOME_COUNT)],
+                 self.sent, self.late, self.bytes_read)
+        self.latency = Histogram()
+        self.service_time = Histogram()
+        self.schedule_lag = Histogram()
+        self.sent = self.late = self.bytes_read = 0
+        for i in range(LG_OUTCOME_COUNT):
+            self.counts[i] = 0
+        return taken
+
+    @property
+    def open_connections(self):
+        return self.open_count
+
+    @property
+    def queued(self):
+        return self.pending.length
+
+
+cdef class Connection:
+    """An asyncio protocol for one keep-alive connection; at most one request in flight."""
+
+    def __cinit__(self, WorkerEngine engine, TargetState target):
+        self.engine = engine
+        self.target = target
+        self.parser = httptools.HttpResponseParser(self)
+        self.busy = False
+        self.closed = False
+
+    cdef void send(self, int64_t intended, int64_t now) except *:
+        cdef TargetState target = self.target
+        self.busy = True
+        self.intended = intended
+        self.sent_at = now
+        self.engine.busy.add(self)
+        target.sent += 1
+        target.schedule_lag.record_nogil(micros(now - intended))
+        self.transport.write(target.next_request_bytes())
+
+    cdef void end_request(self, int outcome, int64_t now) except *:
+        self.busy = False
+        self.engine.busy.discard(self)
+        self.target.service_time.record_nogil(micros(now - self.sent_at))
+        self.engine.finish(self.target, outcome, self.intended, self.sent_at, now)
+
+    def abort(self):
+        self.closed = True
+        self.transport.abort()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.target.connecting -= 1
+        self.target.open_count += 1
+        self.engine.connection_free(self)
+
+    def data_received(self, bytes data):
+        self.target.bytes_read += len(data)
+        if not self.busy:
+            # Bytes nobody asked for: the stream can no longer be trusted.
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.busy:
+                self.end_request(LG_PARSE_ERROR, lg_pacer_now_ns())
+            self.abort()
+
+    def on_message_complete(self):
+        cdef int64_t now = lg_pacer_now_ns()
+        cdef int status = self.parser.get_status_code()
+        if status < 200:
+            return
+        keep_alive = self.parser.should_keep_alive()
+        self.busy = False
+        self.engine.busy.discard(self)
+        self.target.service_time.record_nogil(micros(now - self.sent_at))
+        if keep_alive and not self.closed:
+            self.engine.connection_free(self)
+        else:
+            self.closed = True
+            self.transport.close()
+        self.engine.finish(self.target, outcome_for_status(status), self.intended,
+                           self.sent_at, now)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.target.open_count -= 1
+        if self.busy:
+            self.end_request(LG_RESET, lg_pacer_now_ns())
+        else:
+            try:
+                self.target.idle.remove(self)
+            except ValueError:
+                pass
+        self.engine.ensure_capacity(self.target)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+
+cdef class WorkerEngine:
+    """Runs one shard of a schedule against its targets on the running uvloop."""
+
+    def __init__(self, loop, list targets, schedule, double timeout_s):
+        self.loop = loop
+        self.targets = targets
+        self.busy = set()
+        self.open_loop = schedule.is_open_loop
+        self.cursor = schedule.cursor() if self.open_loop else None
+        self.closed_users = 0 if self.open_loop else schedule.concurrency
+        self.think_time_s = 0.0 if self.open_loop else schedule.think_time_s
+        self.end_mono = <int64_t> (schedule.duration_s * 1e9)
+        self.timeout_ns = <int64_t> (timeout_s * 1e9)
+        self.timer_fd = -1
+        self.batch_size = 16
+        self.batch_pos = self.batch_len = 0
+        self.generating = self.started = self.users_started = False
+        self.intended = self.dispatched = self.timer_wakeups = self.unscheduled = 0
+        self.on_drained = None
+        self.sweep_handle = None
+
+    async def preconnect(self, Py_ssize_t per_target):
+        """Opens up to ``per_target`` connections to every target; failures here count nothing
+        (no request was waiting), the run's own connects will count them."""
+        tasks = []
+        for target in self.targets:
+            for _ in range(min(per_target, (<TargetState> target).max_connections)):
+                tasks.append(self.open_connection(target))
+        await asyncio.gather(*tasks)
+
+    def open_connection(self, TargetState target):
+        target.connecting += 1
+        return self.loop.create_task(self._connect(target))
+
+    async def _connect(self, TargetState target):
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: Connection(self, target), target.host,
+                                            target.port, ssl=target.ssl_context,
+                                            server_hostname=target.server_hostname),
+                self.timeout_ns / 1e9)
+        except _CONNECT_FAILURES:
+            target.connecting -= 1
+            self.connect_failed(target)
+
+    def start(self, int64_t start_mono, on_drained):
+        """Begins the schedule at the monotonic instant ``start_mono``; ``on_drained()`` is
+        called once generation has ended and nothing is outstanding."""
+        self.start_mono = start_mono
+        self.end_mono += start_mono
+        self.on_drained = on_drained
+        self.generating = self.started = True
+        lg_pacer_tighten_timer_slack()
+        fd = lg_pacer_open()
+        if fd < 0:
+            raise OSError(-fd, "timerfd_create failed")
+        self.timer_fd = fd
+        self.loop.add_reader(fd, self._on_timer)
+        lg_pacer_arm(fd, start_mono)
+        self._schedule_sweep()
+
+    def _schedule_sweep(self):
+        # A tenth of the timeout keeps a timeout's overshoot within 10 %, at a bounded cost.
+        interval = min(max(self.timeout_ns / 1e10, 0.005), 0.1)
+        self.sweep_handle = self.loop.call_later(interval, self._sweep)
+
+    def _on_timer(self):
+        cdef int64_t now, due
+        lg_pacer_consume(self.timer_fd)
+        self.timer_wakeups += 1
+        if not self.generating:
+            return
+        now = lg_pacer_now_ns()
+        if not self.open_loop:
+            if now >= self.end_mono:
+                self.end_generation()
+            elif not self.users_started:
+                self.users_started = True
+                for _ in range(self.closed_users):
+                    self.dispatch(now, now)
+                lg_pacer_arm(self.timer_fd, self.end_mono)
+            return
+        while self.generating:
+            if self.batch_pos >= self.batch_len and not self.refill():
+                self.end_generation()
+                return
+            due = self.start_mono + self.batch[self.batch_pos]
+            if due > now + SPIN_NS:
+                lg_pacer_arm(self.timer_fd, due)
+                return
+            if due > now:
+                now = lg_pacer_spin_until(due)
+            self.batch_pos += 1
+            self.dispatch(due, now)
+            now = lg_pacer_now_ns()
+
+    cdef bint refill(self) except -1:
+        batch = self.cursor.next_batch(self.batch_size)
+        self.batch_len = len(batch)
+        self.batch_pos = 0
+        if self.batch_len == 0:
+            return False
+        self.batch = batch
+        span = self.batch[self.batch_len - 1] - self.batch[0]
+        if span < BATCH_SPAN_MIN_NS and self.batch_size < BATCH_MAX:
+            self.batch_size *= 2
+        elif span > BATCH_SPAN_MAX_NS and self.batch_size > 1:
+            self.batch_size //= 2
+        return True
+
+    cdef TargetState pick_target(self):
+        # Smooth weighted round-robin: exact shares over any window, no randomness to seed.
+        cdef TargetState target, best = None
+        cdef double total = 0.0
+        for target in self.targets:
+            if target.weight <= 0.0:
+                continue
+            target.credit += target.weight
+            total += target.weight
+            if best is None or target.credit > best.credit:
+                best = target
+        best.credit -= total
+        return best
+
+    cdef void dispatch(self, int64_t intended, int64_t now) except *:
+        cdef TargetState target = self.pick_target()
+        cdef Connection conn
+        self.intended += 1
+        self.dispatched += 1
+        if target.idle:
+            conn = target.idle.pop()
+            conn.send(intended, now)
+        else:
+            target.late += 1
+            target.pending.push(intended)
+            self.ensure_capacity(target)
+
+    cdef void connection_free(self, Connection conn) except *:
+        cdef TargetState target = conn.target
+        if target.pending.length:
+            conn.send(target.pending.pop(), lg_pacer_now_ns())
+            return
+        target.idle.append(conn)
+        self.check_drained()
+
+    cdef void ensure_capacity(self, TargetState target) except *:
+        while (target.pending.length > target.connecting
+               and target.open_count + target.connecting < target.max_connections):
+            self.open_connection(target)
+
+    cdef void connect_failed(self, TargetState target) except *:
+        # The request waiting longest for this connection gets the error; the others keep
+        # waiting for connections still opening or busy ones coming free.
+        if target.pending.length > target.connecting:
+            self.finish(target, LG_CONNECT_ERROR, target.pending.pop(), 0, lg_pacer_now_ns())
+        self.ensure_capacity(target)
+
+    cdef void finish(self, TargetState target, int outcome, int64_t intended, int64_t sent_at,
+                     int64_t now) except *:
+        target.counts[outcome] += 1
+        if outcome != LG_NOT_SENT:
+            target.latency.record_nogil(micros(now - intended))
+        if not self.open_loop and self.generating and outcome != LG_NOT_SENT:
+            if outcome == LG_CONNECT_ERROR:
+                self.loop.call_later(CLOSED_RETRY_S, self._next_user_request)
+            elif self.think_time_s > 0.0:
+                self.loop.call_later(self.think_time_s, self._next_user_request)
+            else:
+                self.dispatch(now, now)
+        self.check_drained()
+
+    def _next_user_request(self):
+        cdef int64_t now
+        if self.generating:
+            now = lg_pacer_now_ns()
+            self.dispatch(now, now)
+
+    cdef void check_drained(self) except *:
+        cdef TargetState target
+        if self.generating or self.on_drained is None or self.busy:
+            return
+        for target in self.targets:
+            if target.pending.length or target.connecting:
+                return
+        callback = self.on_drained
+        self.on_drained = None
+        callback()
+
+    cdef void end_generation(self) except *:
+        self.generating = False
+        if self.timer_fd >= 0:
+            lg_pacer_disarm(self.timer_fd)
+        self.check_drained()
+
+    def stop(self):
+        """Stops generating now; arrivals not yet due are counted NOT_SENT (each charged to
+        the target the weighted split gives it)."""
+        cdef Py_ssize_t remaining
+        cdef TargetState target
+        if not self.generating:
+            return
+        if self.open_loop:
+            remaining = self.batch_len - self.batch_pos
+            self.batch_pos = self.batch_len
+            while True:
+                for _ in range(remaining):
+                    target = self.pick_target()
+                    target.counts[LG_NOT_SENT] += 1
+                self.unscheduled += remaining
+                remaining = len(self.cursor.next_batch(UNSCHEDULED_BATCH))
+                if remaining == 0:
+                    break
+        self.end_generation()
+
+    def set_rate_scale(self, double factor):
+        """From now on arrivals come ``factor`` times as often as the schedule says."""
+        cdef int64_t offset = lg_pacer_now_ns() - self.start_mono if self.started else 0
+        if self.open_loop:
+            self.cursor.set_rate_scale(factor, max(offset, 0))
+
+    def set_weights(self, dict weights):
+        """New traffic shares by target name (names not given keep theirs)."""
+        cdef TargetState target
+        for target in self.targets:
+            if target.name in weights:
+                target.weight = float(weights[target.name])
+                target.credit = 0.0
+
+    def _sweep(self):
+        cdef int64_t now = lg_pacer_now_ns()
+        cdef int64_t deadline = now - self.timeout_ns
+        cdef Connection conn
+        cdef TargetState target
+        for conn in [c for c in self.busy if (<Connection> c).sent_at <= deadline]:
+            conn.end_request(LG_TIMEOUT, now)
+            conn.abort()
+        for target in self.targets:
+            while target.pending.length and target.pending.peek() <= deadline:
+                self.finish(target, LG_TIMEOUT, target.pending.pop(), 0, now)
+        if self.generating or self.on_drained is not None:
+            self._schedule_sweep()
+
+    def abandon(self):
+        """Ends the run now: requests in flight are recorded as TIMEOUT with their elapsed
+        latency, queued ones as NOT_SENT; every connection is closed."""
+        cdef int64_t now = lg_pacer_now_ns()
+        cdef Connection conn
+        cdef TargetState target
+        self.stop()
+        self.on_drained = None
+        for conn in list(self.busy):
+            conn.end_request(LG_TIMEOUT, now)
+        for target in self.targets:
+            while target.pending.length:
+                target.pending.pop()
+                target.counts[LG_NOT_SENT] += 1
+        self.close()
+
+    def close(self):
+        """Closes every connection and the pacer; the engine cannot be started again."""
+        cdef TargetState target
+        if self.sweep_handle is not None:
+            self.sweep_handle.cancel()
+            self.sweep_handle = None
+        if self.timer_fd >= 0:
+            self.loop.remove_reader(self.timer_fd)
+            os.close(self.timer_fd)
+            self.timer_fd = -1
+        for target in self.targets:
+            for conn in target.idle:
+                conn.abort()
+            target.idle = []
+        for conn in list(self.busy):
+            conn.abort()
+
+    def take_interval(self):
+        """(intended, [(name, latency, service_time, schedule_lag, counts, sent, late,
+        bytes_read)], open_connections) accumulated since the last call, reset to zero."""
+        cdef TargetState target
+        intended = self.intended
+        self.intended = 0
+        per_target = [(target.name,) + target.take() for target in self.targets]
+        return intended, per_target, sum(t.open_connections for t in self.targets)
+
+    @property
+    def scheduled(self):
+        """Arrivals this worker dispatched plus those it gave up unsent at stop."""
+        return self.dispatched + self.unscheduled
+
+    @property
+    def is_generating(self):
+        return self.generating
+
+    @property
+    def wakeups(self):
+        return self.timer_wakeups
