@@ -17,7 +17,9 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 
 from loadgate.agent.inference.metrics import Measurement
-from loadgate.agent.inference.pacing import LEAD_NS, instants, require_open_loop, wait_until
+from loadgate.agent.inference.pacing import (
+    LEAD_NS, SPIN_NS, instants, require_open_loop, wait_until,
+)
 from loadgate.native.errors import ConfigError, EngineError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")
@@ -65,6 +67,7 @@ class GrpcConfig:
     channels: int = 1            # HTTP/2 connections, used in turn
     metadata: tuple = ()         # (key, value) pairs sent with every call
     tls: bool = False
+    spin_ns: int = SPIN_NS       # see pacing.wait_until: CPU spent for sub-ms send times
 
     def __post_init__(self):
         require_open_loop(self.schedule)
@@ -175,7 +178,7 @@ class GrpcClient:
         self.measurement.started_ns = start
         for k, offset in enumerate(instants(config.schedule)):
             intended = start + offset
-            await wait_until(intended)
+            await wait_until(intended, config.spin_ns)
             task = asyncio.get_running_loop().create_task(
                 self._call(calls[k % len(calls)], intended, slots))
             tasks.add(task)

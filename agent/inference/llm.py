@@ -23,7 +23,9 @@ import uvloop
 
 from loadgate.agent.inference.llm_request import Endpoint
 from loadgate.agent.inference.metrics import Measurement
-from loadgate.agent.inference.pacing import LEAD_NS, instants, require_open_loop, wait_until
+from loadgate.agent.inference.pacing import (
+    LEAD_NS, SPIN_NS, instants, require_open_loop, wait_until,
+)
 from loadgate.agent.inference.sse import ChunkKind, SseDecoder, read_chunk
 from loadgate.native.errors import ConfigError
 
@@ -61,6 +63,7 @@ class LlmConfig:
     request: object                 # an LlmRequestSpec
     timeout_s: float = 60.0
     max_connections: int = 256
+    spin_ns: int = SPIN_NS          # see pacing.wait_until: CPU spent for sub-ms send times
 
     def __post_init__(self):
         require_open_loop(self.schedule)
@@ -208,7 +211,7 @@ class LlmClient:
         try:
             for k, offset in enumerate(instants(self.config.schedule)):
                 intended = start + offset
-                await wait_until(intended)
+                await wait_until(intended, self.config.spin_ns)
                 self._submit(_Request(intended, self.payloads[k % len(self.payloads)]))
             await self._drain()
         finally:
