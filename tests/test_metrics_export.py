@@ -1,15 +1,19 @@
 """AgentMetrics and ControllerMetrics: real reports in, a real HTTP scrape out."""
+import socket
+import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent_helpers import Pinger, run_spec, start_agent
 from loadgate.agent.metrics import AgentMetrics, serve_metrics
 from loadgate.controller.merge import AgentStream, HistogramLayout, IntervalMerger
 from loadgate.controller.metrics import ControllerMetrics
 from loadgate.native import metric_names as names
 from loadgate.native._hdr import Histogram
-from loadgate.proto.loadgate.v1 import common_pb2
+from loadgate.native.target import start_target_process, stop_target_process
+from loadgate.proto.loadgate.v1 import agent_pb2, common_pb2
 
 # Microsecond values far from every bucket bound, so each falls in one bucket whatever the
 # HDR precision; the expected buckets below are computed from the values themselves.
@@ -307,3 +311,62 @@ def test_every_exported_series_is_in_the_name_table(served):
                 if name.startswith(("process_", "python_")) or name.endswith("_created"):
                     continue
                 assert name in known, name
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def metric_sum(samples, name, **labels):
+    wanted = set(labels.items())
+    return sum(v for (n, key), v in samples.items() if n == name and wanted <= set(key))
+
+
+class _Url:
+    def __init__(self, url):
+        self.url = url
+
+
+@pytest.mark.slow
+def test_real_agent_metrics_move_during_a_run_and_match_its_reports():
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-metrics-test",
+           "memory_total": 80 << 30, "memory_used": 5 << 30, "utilization": 66}
+    port = free_port()
+    target, host, target_port = start_target_process()
+    try:
+        with start_agent(["--workers", "1", "--metrics-port", port, "--telemetry-interval",
+                          "0.2s"], fake_nvml={"devices": [gpu]}) as agent:
+            endpoint = _Url(f"http://127.0.0.1:{port}/metrics")
+            stub = agent.stub()
+            spec = run_spec(f"http://{host}:{target_port}/", 200, 3.0, interval_s=0.25)
+            seen = []
+            with Pinger(stub):
+                stub.Prepare(agent_pb2.PrepareRequest(run_id="m", spec=spec), timeout=30)
+                stub.Start(agent_pb2.StartRequest(run_id="m",
+                                                  start_unix_ns=time.time_ns() + 300_000_000),
+                           timeout=30)
+                call = stub.StreamReports(agent_pb2.StreamReportsRequest(run_id="m"),
+                                          timeout=60)
+                reports = []
+                for report in call:
+                    reports.append(report)
+                    seen.append(metric_sum(scrape(endpoint), names.REQUESTS.name))
+                    if report.final:
+                        break
+            final = scrape(endpoint)
+    finally:
+        stop_target_process(target)
+    assert reports[-1].final
+    # counters move while the run goes on, and never backwards
+    assert seen == sorted(seen) and len(set(seen)) >= 3
+    completed = sum(o.count for r in reports for t in r.targets for o in t.outcomes
+                    if o.outcome == common_pb2.OUTCOME_OK_2XX)
+    assert completed == 600
+    assert value(final, names.REQUESTS.name, target="main", outcome="2xx") == completed
+    assert value(final, names.REQUEST_LATENCY.name + "_count", target="main") == completed
+    assert value(final, names.REQUESTS_INTENDED.name) == sum(r.intended for r in reports)
+    assert value(final, names.INTERVALS.name) == len(reports)
+    assert value(final, names.GPU_UTILIZATION.metric.name, gpu="0", uuid="GPU-metrics-test",
+                 model_name="NVIDIA H100 80GB HBM3") == pytest.approx(0.66)
