@@ -72,6 +72,7 @@ cdef extern from "lg_hdr.h" nogil:
     void lg_hdr_decode_v2_start(lg_hdr_decode_state* state)
     int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
                                 lg_hdr_decode_state* state, size_t* consumed)
+    int lg_hdr_decode_v2_add(lg_hdr_histogram* dst, const uint8_t* buffer, size_t length)
     void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
     void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
 

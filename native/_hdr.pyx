@@ -285,7 +285,9 @@ cdef class Histogram:
             self._scratch = _wrap(_new_counts(self.h.lowest_discernible_value,
                                               self.h.highest_trackable_value,
                                               self.h.significant_figures))
-        decoded = _decode_binary(_raw_encoding(encoded), self._scratch)
+        decoded = _decode_binary(_raw_encoding(encoded), self._scratch, self)
+        if decoded is self:
+            return self
         try:
             self.add(decoded)
         finally:
@@ -331,7 +333,7 @@ def _rebuild(data, start_time, end_time, tag):
     return out
 
 
-cdef Histogram _decode_binary(bytes data, Histogram scratch=None):
+cdef Histogram _decode_binary(bytes data, Histogram scratch=None, Histogram add_to=None):
     cdef uint32_t cookie
     cdef uint32_t length
     if len(data) < _EXTERNAL_HEADER.size:
@@ -342,9 +344,9 @@ cdef Histogram _decode_binary(bytes data, Histogram scratch=None):
             raise EncodingError(f"encoded histogram claims {length} compressed bytes, "
                                 f"has {len(data) - _EXTERNAL_HEADER.size}")
         return _decode_payload(data[_EXTERNAL_HEADER.size:_EXTERNAL_HEADER.size + length], True,
-                               scratch)
+                               scratch, add_to)
     if (cookie & ~0xf0) == LG_HDR_V2_ENCODING_COOKIE_BASE:
-        return _decode_payload(data, False, scratch)
+        return _decode_payload(data, False, scratch, add_to)
     raise EncodingError(f"not a V2 histogram encoding (cookie 0x{cookie:08x})")
 
 
@@ -355,9 +357,12 @@ cdef bint _fits_layout(Histogram hist, lg_hdr_v2_header* header):
             and hist.h.significant_figures == <int32_t> header.significant_figures)
 
 
-cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch):
-    # Decodes into scratch (empty, left empty on failure) when the layouts match, else into a
-    # new histogram.  Inflates at most _DECODE_CHUNK bytes at a time.
+cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch,
+                               Histogram add_to):
+    # A payload of one chunk for add_to's layout is checked, then added to add_to in place
+    # (add_to is returned).  Otherwise it decodes into scratch (empty, and left empty on
+    # failure) when the layouts match, else into a new histogram, inflating at most
+    # _DECODE_CHUNK bytes at a time.
     cdef lg_hdr_v2_header header
     cdef Histogram out = None
     cdef lg_hdr_decode_state state
@@ -379,6 +384,15 @@ cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch
         if lg_hdr_decode_v2_header(<const uint8_t*> PyBytes_AS_STRING(head), &header,
                                    MAX_DECODED_COUNTS) != LG_HDR_OK:
             raise EncodingError("histogram payload header is invalid (cookie, layout or length)")
+        if _fits_layout(add_to, &header) and header.payload_length <= _DECODE_CHUNK:
+            body = (inflater.decompress(pending, header.payload_length) if compressed
+                    else pending[:header.payload_length])
+            if (len(body) != header.payload_length
+                    or lg_hdr_decode_v2_add(add_to.h, <const uint8_t*> PyBytes_AS_STRING(body),
+                                            len(body)) != LG_HDR_OK):
+                raise EncodingError("histogram payload is truncated, overruns its layout or its "
+                                    "total overflows")
+            return add_to
         if _fits_layout(scratch, &header):
             out = scratch
         else:

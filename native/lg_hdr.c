@@ -629,44 +629,67 @@ void lg_hdr_decode_v2_start(lg_hdr_decode_state* state)
     state->total = 0;
 }
 
-int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
-                            lg_hdr_decode_state* state, size_t* consumed)
+/* How lg_hdr_v2_walk treats the counts it decodes. */
+typedef enum lg_hdr_v2_walk_mode
 {
+    LG_HDR_WALK_STORE,      /* counts[i] = value (decoding into an empty histogram) */
+    LG_HDR_WALK_ADD,        /* counts[i] += value (merging a stream) */
+    LG_HDR_WALK_SUBTRACT    /* counts[i] -= value (undoing a merge that failed part-way) */
+} lg_hdr_v2_walk_mode;
+
+/* Walks a zig-zag LEB128 counts stream for a layout of counts_len counts, advancing state;
+ * returns LG_HDR_ECORRUPT on an overrun or a total overflow, with *consumed the bytes of
+ * whole words used.  The one decoding loop every decode path shares. */
+static int lg_hdr_v2_walk(int32_t counts_len, int64_t* counts, lg_hdr_v2_walk_mode mode,
+                          const uint8_t* buffer, size_t length, lg_hdr_decode_state* state,
+                          size_t* consumed)
+{
+    /* Locals, not state's fields, in the loop: stores into counts could alias those. */
     size_t at = 0;
     int32_t next = state->index;
-    int64_t* counts = h->counts;
+    int32_t first = state->first_nonzero_above_zero;
+    int32_t last = state->last_nonzero;
+    int64_t total = state->total;
     int rc = LG_HDR_OK;
     while (at < length)
     {
-        uint64_t bits = 0;
-        size_t start = at;
-        int shift = 0;
+        uint64_t bits = buffer[at];
         int64_t value;
-        for (;;)
+        if (bits < 0x80)
         {
-            uint8_t byte;
-            if (at == length)
+            at++;
+        }
+        else
+        {
+            size_t start = at;
+            int shift = 0;
+            bits = 0;
+            for (;;)
             {
-                at = start;
-                goto done;
+                uint8_t byte;
+                if (at == length)
+                {
+                    at = start;
+                    goto done;
+                }
+                byte = buffer[at++];
+                if (shift == 56)
+                {
+                    bits |= ((uint64_t) byte) << 56;
+                    break;
+                }
+                bits |= ((uint64_t) (byte & 0x7f)) << shift;
+                if ((byte & 0x80) == 0)
+                {
+                    break;
+                }
+                shift += 7;
             }
-            byte = buffer[at++];
-            if (shift == 56)
-            {
-                bits |= ((uint64_t) byte) << 56;
-                break;
-            }
-            bits |= ((uint64_t) (byte & 0x7f)) << shift;
-            if ((byte & 0x80) == 0)
-            {
-                break;
-            }
-            shift += 7;
         }
         value = (int64_t) (bits >> 1) ^ -(int64_t) (bits & 1);
         if (value < 0)
         {
-            if (value < -(int64_t) (h->counts_len - next))
+            if (value < -(int64_t) (counts_len - next))
             {
                 rc = LG_HDR_ECORRUPT;
                 goto done;
@@ -674,25 +697,83 @@ int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t l
             next += (int32_t) -value;
             continue;
         }
-        if (next >= h->counts_len || __builtin_add_overflow(state->total, value, &state->total))
+        if (next >= counts_len || __builtin_add_overflow(total, value, &total))
         {
             rc = LG_HDR_ECORRUPT;
             goto done;
         }
         if (value > 0)
         {
-            if (next > 0 && state->first_nonzero_above_zero < 0)
-            {
-                state->first_nonzero_above_zero = next;
-            }
-            state->last_nonzero = next;
+            first = (first < 0 && next > 0) ? next : first;
+            last = next;
         }
-        counts[next++] = value;
+        if (mode == LG_HDR_WALK_STORE)
+        {
+            counts[next] = value;
+        }
+        else if (mode == LG_HDR_WALK_ADD)
+        {
+            counts[next] += value;
+        }
+        else
+        {
+            counts[next] -= value;
+        }
+        next++;
     }
 done:
     state->index = next;
+    state->first_nonzero_above_zero = first;
+    state->last_nonzero = last;
+    state->total = total;
     *consumed = at;
     return rc;
+}
+
+int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
+                            lg_hdr_decode_state* state, size_t* consumed)
+{
+    return lg_hdr_v2_walk(h->counts_len, h->counts, LG_HDR_WALK_STORE, buffer, length, state,
+                          consumed);
+}
+
+int lg_hdr_decode_v2_add(lg_hdr_histogram* dst, const uint8_t* buffer, size_t length)
+{
+    lg_hdr_decode_state state;
+    size_t consumed;
+    int rc;
+    lg_hdr_decode_v2_start(&state);
+    state.total = dst->total_count;
+    rc = lg_hdr_v2_walk(dst->counts_len, dst->counts, LG_HDR_WALK_ADD, buffer, length, &state,
+                        &consumed);
+    if (rc != LG_HDR_OK || consumed != length)
+    {
+        /* Streams are merged in one pass; the rare bad one is taken back out, which the
+         * prefix already walked (every word of it valid) allows exactly. */
+        size_t undone;
+        lg_hdr_decode_v2_start(&state);
+        lg_hdr_v2_walk(dst->counts_len, dst->counts, LG_HDR_WALK_SUBTRACT, buffer, consumed,
+                       &state, &undone);
+        return LG_HDR_ECORRUPT;
+    }
+    dst->total_count = state.total;
+    if (state.first_nonzero_above_zero > 0)
+    {
+        int64_t low = lg_hdr_value_at_index(dst, state.first_nonzero_above_zero);
+        if (low < dst->min_value)
+        {
+            dst->min_value = low;
+        }
+    }
+    if (state.last_nonzero >= 0)
+    {
+        int64_t high = lg_hdr_highest_equivalent_value(dst, lg_hdr_value_at_index(dst, state.last_nonzero));
+        if (high > dst->max_value)
+        {
+            dst->max_value = high;
+        }
+    }
+    return LG_HDR_OK;
 }
 
 void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state)

@@ -225,6 +225,11 @@ void lg_hdr_decode_v2_start(lg_hdr_decode_state* state);
 int lg_hdr_decode_v2_counts(lg_hdr_histogram* h, const uint8_t* buffer, size_t length,
                             lg_hdr_decode_state* state, size_t* consumed);
 
+/* Adds a whole counts stream (a V2 payload after its header, for dst's layout) to dst;
+ * returns LG_HDR_OK, or LG_HDR_ECORRUPT with dst unchanged if the stream is malformed,
+ * overruns the counts or overflows the total.  Merging without a decoded copy. */
+int lg_hdr_decode_v2_add(lg_hdr_histogram* dst, const uint8_t* buffer, size_t length);
+
 /* Sets total, min and max of h from a finished decode. */
 void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state);
 

@@ -255,3 +255,19 @@ def test_decode_and_add_matches_decode_then_add_and_survives_failures():
         merged.decode_and_add(too_big.encode())
     assert merged == before
     assert merged.decode_and_add(parts[1].encode()) == before.add(parts[1])
+
+
+@pytest.mark.parametrize("body", [
+    zigzag(3) + zigzag(-4) + zigzag(9) + zigzag(-(10**6)),
+    zigzag(3) + zigzag(2**62) + zigzag(2**62),
+    zigzag(3) + zigzag(7) + zigzag(300)[:1],
+])
+def test_decode_and_add_failing_part_way_leaves_the_target_unchanged(body):
+    target = Histogram()
+    target.record_array(np.array([0, 1, 5, 6, 900], dtype=np.int64))
+    before = target.copy()
+    for encoded in (wrap(payload(body)), payload(body)):
+        with pytest.raises(EncodingError):
+            target.decode_and_add(encoded)
+        assert target == before
+        assert (target.min, target.max, target.total_count) == (before.min, before.max, 5)

@@ -155,6 +155,7 @@ def test_merged_histograms_equal_histogram_of_all_samples(parts):
     everything = Histogram()
     merged = Histogram()
     summed = Histogram()
+    from_encoded = Histogram()
     for part in parts:
         piece = Histogram()
         for value in part:
@@ -162,8 +163,11 @@ def test_merged_histograms_equal_histogram_of_all_samples(parts):
             everything.record(value)
         merged.add(piece)
         summed += Histogram.decode(piece.encode())
+        from_encoded.decode_and_add(piece.encode_binary())
     assert merged == everything
     assert summed == everything
+    assert from_encoded == everything
+    assert (from_encoded.min, from_encoded.max) == (everything.min, everything.max)
     assert merged.total_count == sum(len(p) for p in parts)
     assert merged.percentiles([50, 99, 100]) == everything.percentiles([50, 99, 100])
     assert (merged.min, merged.max) == (everything.min, everything.max)
