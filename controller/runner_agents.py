@@ -44,25 +44,30 @@ class AgentClient:
         self.address = address
         self.controller_id = controller_id
         self.metadata = tuple(metadata)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-            self._beat_channel = grpc.aio.insecure_channel(
-                address, options=_CHANNEL_OPTIONS + _OWN_CONNECTION)
-        else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
-            self._beat_channel = grpc.aio.secure_channel(
-                address, credentials, options=_CHANNEL_OPTIONS + _OWN_CONNECTION)
-        self._stub = agent_pb2_grpc.AgentStub(self._channel)
-        self._beat = agent_pb2_grpc.AgentStub(self._beat_channel)
-        # Reports arrive as bytes: the controller journals exactly what the agent sent and
-        # parses it once, itself.
-        self._stream_raw = self._channel.unary_stream(
-            "/loadgate.v1.Agent/StreamReports",
-            request_serializer=agent_pb2.StreamReportsRequest.SerializeToString)
+        self.credentials = credentials
+        self._channels = None  # made on first use: grpc.aio binds a channel to the running loop
         self.known_id = None  # the id a resumed run recorded, until Describe answers
         self.node = None  # NodeInfo once described
         self.clock = None  # ClockSample once measured
 
+    def _open(self, options):
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, self.credentials, options=options)
+
+    @property
+    def _stubs(self):
+        if self._channels is None:
+            channel = self._open(_CHANNEL_OPTIONS)
+            beat_channel = self._open(_CHANNEL_OPTIONS + _OWN_CONNECTION)
+            # Reports arrive as bytes: the controller journals exactly what the agent sent and
+            # parses it once, itself.
+            stream_raw = channel.unary_stream(
+                "/loadgate.v1.Agent/StreamReports",
+                request_serializer=agent_pb2.StreamReportsRequest.SerializeToString)
+            self._channels = (channel, beat_channel, agent_pb2_grpc.AgentStub(channel),
+                              agent_pb2_grpc.AgentStub(beat_channel), stream_raw)
+        return self._channels
     @property
     def agent_id(self):
         if self.node:
@@ -71,7 +76,7 @@ class AgentClient:
 
     async def describe(self, timeout_s=5.0):
         try:
-            self.node = await self._stub.Describe(agent_pb2.DescribeRequest(), timeout=timeout_s,
+            self.node = await self._stubs[2].Describe(agent_pb2.DescribeRequest(), timeout=timeout_s,
                                                   metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise InfrastructureError(
@@ -81,7 +86,7 @@ class AgentClient:
     async def ping(self, timeout_s):
         """One heartbeat; returns (PingReply, ClockSample)."""
         sent = time.time_ns()
-        reply = await self._beat.Ping(
+        reply = await self._stubs[3].Ping(
             agent_pb2.PingRequest(controller_unix_ns=sent, controller_id=self.controller_id),
             timeout=timeout_s, metadata=self.metadata)
         return reply, clock_sample(sent, reply.agent_unix_ns, time.time_ns())
@@ -118,17 +123,19 @@ class AgentClient:
     def stream_reports(self, run_id, after_seq):
         """The StreamReports call: an async iterator of serialized IntervalReports (bytes);
         cancel() ends it."""
-        return self._stream_raw(
+        return self._stubs[4](
             agent_pb2.StreamReportsRequest(run_id=run_id, after_seq=after_seq),
             metadata=self.metadata)
 
     async def close(self):
-        await self._channel.close()
-        await self._beat_channel.close()
+        if self._channels is not None:
+            await self._channels[0].close()
+            await self._channels[1].close()
+            self._channels = None
 
     async def _call(self, name, request, timeout_s):
         try:
-            return await getattr(self._stub, name)(request, timeout=timeout_s,
+            return await getattr(self._stubs[2], name)(request, timeout=timeout_s,
                                                    metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise AgentCallError(self.address, name, exc.code(), exc.details()) from None

@@ -1,0 +1,88 @@
+"""The controller SIGKILLed mid-run: the agents stop load by themselves within the dead-man
+time (seen at the target), and ``loadgate run --resume`` collects every interval exactly once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_controller_run import (assert_seqs_contiguous, completed_in, journal_reports,
+                                 real_agents, real_target)
+from loadgate.controller.run_journal import RecordKind, read_journal
+from loadgate.controller.rundir import JOURNAL
+
+DEAD_MAN_S = 1.5
+RATE = 100
+DURATION_S = 4.0
+
+
+def write_plan(path, url):
+    path.write_text(f"""
+apiVersion: loadgate/v1
+deployment: {{id: DEADMAN-TEST, type: FEATURE, risk: LOW, environment: DEV, strategy: BIG-BANG}}
+targets:
+  - {{name: main, url: "{url}"}}
+load: {{rate: {RATE}, duration: {DURATION_S}s, interval: 500ms, connections: 2, timeout: 1s}}
+agent_loss: continue
+downtime_window: {{start: "2025-01-01T00:00:00+00:00", end: "2025-01-01T01:00:00+00:00"}}
+""")
+
+
+def wait_for_reports(run_dir, count, timeout=30.0):
+    path = os.path.join(run_dir, JOURNAL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            kinds = [kind for kind, _ in read_journal(path)]
+            if kinds.count(RecordKind.REPORT) >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} reports journaled in {timeout} s")
+
+
+@pytest.mark.slow
+def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    run_dir = str(tmp_path / "run")
+    with real_target() as (url, requests_seen), \
+            real_agents(2, args=("--workers", "1", "--dead-man", f"{DEAD_MAN_S}s")) as agents:
+        write_plan(plan, url)
+        command = [sys.executable, "-m", "loadgate.controller.cli", "run"]
+        controller = subprocess.Popen(
+            command + [str(plan), "--agents", ",".join(a.address for a in agents),
+                       "--run-dir", run_dir, "--no-progress"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_reports(run_dir, 2)
+        finally:
+            controller.send_signal(signal.SIGKILL)
+            controller.wait()
+        killed = time.monotonic()
+        # Watch the target until well past the schedule's end: the count must stop growing
+        # within the dead-man time and then stay flat.
+        last_count, last_change = requests_seen(), killed
+        while time.monotonic() < killed + DURATION_S + 1.0:
+            count = requests_seen()
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            time.sleep(0.05)
+        assert last_change - killed < DEAD_MAN_S + 1.0
+        assert last_count < RATE * DURATION_S
+
+        resumed = subprocess.run(command + ["--resume", run_dir, "--no-progress"],
+                                 capture_output=True, text=True, timeout=60)
+        seen = requests_seen()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    reports = journal_reports(run_dir)
+    assert_seqs_contiguous(reports)
+    assert all(a["state"] == "finished" for a in summary["agents"])
+    # Nothing lost, nothing doubled: the merged count is what the target answered.
+    assert summary["load"]["completed"] == completed_in(reports) == seen
+    assert summary["load"]["shortfall"] == RATE * DURATION_S - summary["load"]["sent"] > 0
+    kinds = [kind for kind, _ in read_journal(os.path.join(run_dir, JOURNAL))]
+    assert RecordKind.RESUMED in kinds and kinds[-1] is RecordKind.FINISHED

@@ -1,0 +1,117 @@
+"""Malformed and out-of-order reports: a real agent behind a gRPC relay that damages its
+report stream (a corrupt histogram, a repeated report, a foreign run id, bytes that are not a
+report).  Each is rejected with a recorded reason, the controller re-requests the stream from
+the last good seq, and the run's totals stay exact."""
+import asyncio
+
+import grpc
+import pytest
+
+from test_controller_run import (assert_seqs_contiguous, completed_in, definition,
+                                 journal_reports, real_agents, real_target, sum_reports)
+from loadgate.controller.merge import Metric
+from loadgate.controller.runner import DistributedRun
+from loadgate.proto.loadgate.v1 import common_pb2
+
+SERVICE = "loadgate.v1.Agent"
+UNARY = ("Describe", "Ping", "Prepare", "Start", "Adjust", "Stop")
+
+
+class DamagingRelay:
+    """Forwards every Agent call to ``upstream`` byte for byte, except that the n-th report
+    streamed (counting every stream) is replaced by ``damage(report_bytes)``'s output."""
+
+    def __init__(self, upstream, damages):
+        self.channel = grpc.aio.insecure_channel(upstream)
+        self.damages = dict(damages)  # n -> function(bytes) -> list of bytes to send instead
+        self.streamed = 0
+        self.server = grpc.aio.server()
+        handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name))
+                    for name in UNARY}
+        handlers["StreamReports"] = grpc.unary_stream_rpc_method_handler(self._stream)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def _unary(self, name):
+        call = self.channel.unary_unary(f"/{SERVICE}/{name}")
+
+        async def forward(request, context):
+            try:
+                return await call(request, timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details())
+        return forward
+
+    async def _stream(self, request, context):
+        call = self.channel.unary_stream(f"/{SERVICE}/StreamReports")(request)
+        async for report in call:
+            self.streamed += 1
+            damage = self.damages.pop(self.streamed, None)
+            for item in (damage(report) if damage else [report]):
+                yield item
+
+    async def start(self):
+        await self.server.start()
+        return f"127.0.0.1:{self.port}"
+
+    async def close(self):
+        await self.server.stop(None)
+        await self.channel.close()
+
+
+def edited(report_bytes, edit):
+    report = common_pb2.IntervalReport.FromString(report_bytes)
+    edit(report)
+    return report.SerializeToString()
+
+
+def corrupt_histogram(report):
+    target = report.targets[0]
+    target.latency = target.latency[:12] + b"\xff" * 16 + target.latency[28:]
+
+
+DAMAGES = {
+    # A histogram damaged in transit: rejected, then fetched again from the agent.
+    2: lambda r: [edited(r, corrupt_histogram)],
+    # A report delivered twice: the repeat is rejected, the stream goes on.
+    4: lambda r: [r, r],
+    # A report of another run.
+    6: lambda r: [edited(r, lambda m: setattr(m, "run_id", "someone-else"))],
+    # Not a report at all.
+    8: lambda r: [b"\x0a\xff\xff\xff\xff\x0f"],
+}
+
+
+@pytest.mark.slow
+def test_damaged_reports_are_rejected_and_the_run_stays_exact(tmp_path):
+    run_dir = str(tmp_path / "run")
+    with real_target() as (url, requests_seen), real_agents(2) as agents:
+        async def main():
+            relay = DamagingRelay(agents[0].address, DAMAGES)
+            relayed = await relay.start()
+            run = DistributedRun(definition(url, rate=200, duration_s=3.0),
+                                 [relayed, agents[1].address], run_dir)
+            try:
+                await run.prepare()
+                await run.start(lead_s=0.3)
+                return run, await run.wait(60)
+            finally:
+                await run.close()
+                await relay.close()
+        run, summary = asyncio.run(main())
+        seen = requests_seen()
+    reasons = [r["reason"] for r in summary["rejected_reports"]]
+    assert sorted(reasons) == sorted(["bad_histogram", "seq_repeat", "wrong_run", "malformed"])
+    assert all(r["message"] for r in summary["rejected_reports"])
+    assert summary["status"] == "completed"
+    assert [a["state"] for a in summary["agents"]] == ["finished", "finished"]
+    assert summary["agents"][0]["rejections"] == 4
+    assert "reports_rejected" in {w["kind"] for w in summary["generator"]["warnings"]}
+    # Nothing rejected was merged and nothing good was lost.
+    reports = journal_reports(run_dir)
+    assert_seqs_contiguous(reports)
+    assert summary["load"]["sent"] == 600 and completed_in(reports) == 600 == seen
+    for metric in Metric:
+        assert sum_reports(reports, "main", metric) == \
+            run.ingest.totals.targets["main"].histograms[metric]
