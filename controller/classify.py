@@ -187,7 +187,8 @@ def requirements_for(plan):
                                     "hook (seed)", hooks.rollback)
     if d.environment is Environment.PRODUCTION:
         need(("rollback",), "PRODUCTION requires a rollback hook or script (seed: rollback "
-                            "<5 min SLA, tested in staging)", hooks.rollback or plan.rollback.script)
+                            "<5 min SLA, tested in staging)",
+             hooks.rollback or plan.rollback.script)
         for key in ("alert_rules", "dashboard"):
             need(("monitoring", key), f"PRODUCTION requires monitoring evidence: {key} (seed: "
                                       "never deploy without monitoring)",

@@ -2,9 +2,10 @@
 
 Hooks run on the controller only, from the plan the controller loaded itself, never from a
 remote request.  A command hook gets the canary weight as ``{weight}`` in its arguments and as
-LOADGATE_WEIGHT (plus LOADGATE_HOOK, LOADGATE_DEPLOYMENT_ID and any extra values as
-LOADGATE_<NAME>, and ``{name}`` in the arguments); a webhook gets the same values as a JSON POST.  A hook succeeds when the
-command exits 0 or the webhook answers 2xx within the hook's timeout.
+LOADGATE_WEIGHT (plus LOADGATE_HOOK, LOADGATE_DEPLOYMENT_ID and any extra values, such as
+the rolling batch, as LOADGATE_<NAME> and ``{name}`` in the arguments); a webhook gets the
+same values as a JSON POST.  A hook succeeds when the command exits 0 or the webhook answers
+2xx within the hook's timeout.
 """
 import json
 import os

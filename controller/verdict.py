@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from loadgate.controller import junit, report_md
 from loadgate.controller.gates import GateResult, GateStatus
-from loadgate.controller.journal import RecordKind, read_journal
+from loadgate.controller.journal import RecordKind
 from loadgate.native.errors import InfrastructureError
 
 SCHEMA_VERSION = 1
@@ -238,10 +238,3 @@ def load(run_dir):
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InfrastructureError(f"no readable verdict at {path}: {exc}") from None
 
-
-def journal_status(run_dir):
-    """The verdict status recorded in run_dir's journal, or None (run unfinished)."""
-    for record in read_journal(os.path.join(run_dir, "journal.jsonl")):
-        if record.get("kind") == RecordKind.VERDICT.value:
-            return VerdictStatus(record["status"])
-    return None

@@ -2,8 +2,6 @@
 import json
 import os
 
-import pytest
-
 from loadgate.controller import gate_cli
 from loadgate.controller.gates import MIN_RELATIVE_SAMPLES
 from loadgate.controller.plan import load_plan
@@ -177,7 +175,7 @@ groups:
     interval: 30s
     rules:
       - alert: HighLatency
-        expr: histogram_quantile(0.95, sum by (le) (rate(loadgate_latency_seconds_bucket[5m]))) > 0.2
+        expr: histogram_quantile(0.95, sum by (le) (rate(lg_latency_bucket[5m]))) > 0.2
       - alert: HighErrorRate
         expr: sum(rate(loadgate_errors_total[5m])) / sum(rate(loadgate_requests_total[5m])) > 0.05
       - alert: LowThroughput

@@ -3,7 +3,6 @@ monitoring stages with real files and a real metrics endpoint on loopback."""
 import datetime
 import http.server
 import json
-import os
 import textwrap
 import threading
 

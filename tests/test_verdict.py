@@ -8,8 +8,7 @@ import pytest
 
 from loadgate.controller.plan import load_plan
 from loadgate.controller.readiness import Readiness
-from loadgate.controller.verdict import (
-    SCHEMA_VERSION, ErrorKind, RunStatus, VerdictStatus, load, write_error)
+from loadgate.controller.verdict import SCHEMA_VERSION, ErrorKind, RunStatus, load, write_error
 from test_readiness_support import FakeClock, Profile, SyntheticSource, canary_plan
 
 
