@@ -219,85 +219,71 @@ class GpuMetric:
         return self.dcgm if dcgm_names and self.dcgm else self.metric
 
 
-def _gpu_gauge(name, help_text):
-    return _gauge(name, help_text, *GPU_LABELS)
-
-
-def _dcgm_gauge(name, help_text):
-    return _gauge(name, help_text, *DCGM_LABELS)
+def _gpu(fields, value, name, help_text, dcgm_name=None, dcgm_scale=1.0, kind=Kind.GAUGE):
+    # dcgm-exporter series are gauges even for running totals: prometheus-client would add a
+    # _total suffix to a counter, and dcgm-exporter's names have none.
+    dcgm = None
+    if dcgm_name:
+        dcgm = Metric(dcgm_name, Kind.GAUGE, f"{help_text} (dcgm-exporter field)", DCGM_LABELS)
+    return GpuMetric(fields, value, Metric(name, kind, help_text, GPU_LABELS), dcgm, dcgm_scale)
 
 
 def _free_bytes(gpu):
     return max(0, gpu.memory_total_bytes - gpu.memory_used_bytes - gpu.memory_reserved_bytes)
 
 
-GPU_UTILIZATION = GpuMetric(
-    ("utilization_percent",), lambda g: g.utilization_percent / 100.0,
-    _gpu_gauge("loadgate_gpu_utilization_ratio", "GPU busy time"),
-    _dcgm_gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)."), 100.0)
-GPU_MEMORY_UTILIZATION = GpuMetric(
+# dcgm-exporter's units: percent, MiB, W, mJ, MHz; SM activity is a ratio there too.
+GPU_UTILIZATION = _gpu(("utilization_percent",), lambda g: g.utilization_percent / 100.0,
+                       "loadgate_gpu_utilization_ratio", "GPU busy time",
+                       "DCGM_FI_DEV_GPU_UTIL", 100.0)
+GPU_MEMORY_UTILIZATION = _gpu(
     ("memory_utilization_percent",), lambda g: g.memory_utilization_percent / 100.0,
-    _gpu_gauge("loadgate_gpu_memory_utilization_ratio", "Memory controller busy time"),
-    _dcgm_gauge("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)."), 100.0)
-GPU_MEMORY_USED = GpuMetric(
-    ("memory_used_bytes",), lambda g: float(g.memory_used_bytes),
-    _gpu_gauge("loadgate_gpu_memory_used_bytes", "Framebuffer memory used"),
-    _dcgm_gauge("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)."), 1.0 / MIB)
-GPU_MEMORY_FREE = GpuMetric(
-    ("memory_used_bytes", "memory_total_bytes"), lambda g: float(_free_bytes(g)),
-    _gpu_gauge("loadgate_gpu_memory_free_bytes", "Framebuffer memory free"),
-    _dcgm_gauge("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)."), 1.0 / MIB)
-GPU_MEMORY_TOTAL = GpuMetric(
-    ("memory_total_bytes",), lambda g: float(g.memory_total_bytes),
-    _gpu_gauge("loadgate_gpu_memory_total_bytes", "Framebuffer memory total"),
-    _dcgm_gauge("DCGM_FI_DEV_FB_TOTAL", "Framebuffer memory total (in MiB)."), 1.0 / MIB)
-GPU_MEMORY_RESERVED = GpuMetric(
-    ("memory_reserved_bytes",), lambda g: float(g.memory_reserved_bytes),
-    _gpu_gauge("loadgate_gpu_memory_reserved_bytes", "Framebuffer memory reserved by the driver"),
-    _dcgm_gauge("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB)."), 1.0 / MIB)
-GPU_POWER = GpuMetric(
-    ("power_milliwatts",), lambda g: g.power_milliwatts / 1000.0,
-    _gpu_gauge("loadgate_gpu_power_watts", "Power draw"),
-    _dcgm_gauge("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."))
-GPU_ENERGY = GpuMetric(
-    ("energy_millijoules",), lambda g: g.energy_millijoules / 1000.0,
-    _counter("loadgate_gpu_energy_joules_total", "Energy since the driver loaded", *GPU_LABELS),
-    # dcgm-exporter's name has no _total suffix, which prometheus-client adds to counters.
-    _dcgm_gauge("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-                "Total energy consumption since boot (in mJ)."), 1000.0)
-GPU_TEMPERATURE = GpuMetric(
-    ("temperature_celsius",), lambda g: float(g.temperature_celsius),
-    _gpu_gauge("loadgate_gpu_temperature_celsius", "GPU core temperature"),
-    _dcgm_gauge("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)."))
-GPU_SM_CLOCK = GpuMetric(
-    ("sm_clock_mhz",), lambda g: g.sm_clock_mhz * 1e6,
-    _gpu_gauge("loadgate_gpu_sm_clock_hertz", "SM clock"),
-    _dcgm_gauge("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."), 1e-6)
-GPU_MEMORY_CLOCK = GpuMetric(
-    ("memory_clock_mhz",), lambda g: g.memory_clock_mhz * 1e6,
-    _gpu_gauge("loadgate_gpu_memory_clock_hertz", "Memory clock"),
-    _dcgm_gauge("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz)."), 1e-6)
-GPU_CLOCK_EVENT_REASONS = GpuMetric(
+    "loadgate_gpu_memory_utilization_ratio", "Memory controller busy time",
+    "DCGM_FI_DEV_MEM_COPY_UTIL", 100.0)
+GPU_MEMORY_USED = _gpu(("memory_used_bytes",), lambda g: float(g.memory_used_bytes),
+                       "loadgate_gpu_memory_used_bytes", "Framebuffer memory used",
+                       "DCGM_FI_DEV_FB_USED", 1.0 / MIB)
+GPU_MEMORY_FREE = _gpu(("memory_used_bytes", "memory_total_bytes"),
+                       lambda g: float(_free_bytes(g)),
+                       "loadgate_gpu_memory_free_bytes", "Framebuffer memory free",
+                       "DCGM_FI_DEV_FB_FREE", 1.0 / MIB)
+GPU_MEMORY_TOTAL = _gpu(("memory_total_bytes",), lambda g: float(g.memory_total_bytes),
+                        "loadgate_gpu_memory_total_bytes", "Framebuffer memory total",
+                        "DCGM_FI_DEV_FB_TOTAL", 1.0 / MIB)
+GPU_MEMORY_RESERVED = _gpu(("memory_reserved_bytes",), lambda g: float(g.memory_reserved_bytes),
+                           "loadgate_gpu_memory_reserved_bytes",
+                           "Framebuffer memory reserved by the driver",
+                           "DCGM_FI_DEV_FB_RESERVED", 1.0 / MIB)
+GPU_POWER = _gpu(("power_milliwatts",), lambda g: g.power_milliwatts / 1000.0,
+                 "loadgate_gpu_power_watts", "Power draw", "DCGM_FI_DEV_POWER_USAGE")
+GPU_ENERGY = _gpu(("energy_millijoules",), lambda g: g.energy_millijoules / 1000.0,
+                  "loadgate_gpu_energy_joules_total", "Energy since the driver loaded",
+                  "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 1000.0, Kind.COUNTER)
+GPU_TEMPERATURE = _gpu(("temperature_celsius",), lambda g: float(g.temperature_celsius),
+                       "loadgate_gpu_temperature_celsius", "GPU core temperature",
+                       "DCGM_FI_DEV_GPU_TEMP")
+GPU_SM_CLOCK = _gpu(("sm_clock_mhz",), lambda g: g.sm_clock_mhz * 1e6,
+                    "loadgate_gpu_sm_clock_hertz", "SM clock", "DCGM_FI_DEV_SM_CLOCK", 1e-6)
+GPU_MEMORY_CLOCK = _gpu(("memory_clock_mhz",), lambda g: g.memory_clock_mhz * 1e6,
+                        "loadgate_gpu_memory_clock_hertz", "Memory clock",
+                        "DCGM_FI_DEV_MEM_CLOCK", 1e-6)
+GPU_CLOCK_EVENT_REASONS = _gpu(
     ("clock_event_reasons",), lambda g: float(g.clock_event_reasons),
-    _gpu_gauge("loadgate_gpu_clock_event_reasons", "NVML clock-event (throttle) reason bitmask"),
-    _dcgm_gauge("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "Current clock throttle reasons."))
-GPU_ECC_CORRECTED = GpuMetric(
-    ("ecc_corrected",), lambda g: float(g.ecc_corrected),
-    _gpu_gauge("loadgate_gpu_ecc_corrected_errors", "Volatile corrected ECC errors"),
-    _dcgm_gauge("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total single-bit volatile ECC errors."))
-GPU_ECC_UNCORRECTED = GpuMetric(
-    ("ecc_uncorrected",), lambda g: float(g.ecc_uncorrected),
-    _gpu_gauge("loadgate_gpu_ecc_uncorrected_errors", "Volatile uncorrected ECC errors"),
-    _dcgm_gauge("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total double-bit volatile ECC errors."))
-GPU_SM_ACTIVITY = GpuMetric(
-    ("sm_activity_percent",), lambda g: g.sm_activity_percent / 100.0,
-    _gpu_gauge("loadgate_gpu_sm_activity_ratio", "SM activity (GPM)"),
-    _dcgm_gauge("DCGM_FI_PROF_SM_ACTIVE", "Ratio of cycles an SM has at least 1 warp assigned."))
+    "loadgate_gpu_clock_event_reasons", "NVML clock-event (throttle) reason bitmask",
+    "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")
+GPU_ECC_CORRECTED = _gpu(("ecc_corrected",), lambda g: float(g.ecc_corrected),
+                         "loadgate_gpu_ecc_corrected_errors", "Volatile corrected ECC errors",
+                         "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL")
+GPU_ECC_UNCORRECTED = _gpu(("ecc_uncorrected",), lambda g: float(g.ecc_uncorrected),
+                           "loadgate_gpu_ecc_uncorrected_errors",
+                           "Volatile uncorrected ECC errors", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")
+GPU_SM_ACTIVITY = _gpu(("sm_activity_percent",), lambda g: g.sm_activity_percent / 100.0,
+                       "loadgate_gpu_sm_activity_ratio", "SM activity (GPM)",
+                       "DCGM_FI_PROF_SM_ACTIVE")
 # dcgm-exporter's XID field holds the last XID code, not a count: no dcgm spelling.
-GPU_XID_ERRORS = GpuMetric(
-    ("xid_errors",), lambda g: float(g.xid_errors),
-    _counter("loadgate_gpu_xid_errors_total", "XID critical errors since the agent started",
-             *GPU_LABELS))
+GPU_XID_ERRORS = _gpu(("xid_errors",), lambda g: float(g.xid_errors),
+                      "loadgate_gpu_xid_errors_total",
+                      "XID critical errors since the agent started", kind=Kind.COUNTER)
 
 GPU_METRICS = (
     GPU_UTILIZATION, GPU_MEMORY_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_FREE, GPU_MEMORY_TOTAL,
