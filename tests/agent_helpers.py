@@ -15,13 +15,14 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
 
 from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc
 
-AGENT_COMMAND = [sys.executable, "-c", "from loadgate.native.engine_worker import Message; import sys; from loadgate.agent.main import main; sys.exit(main())"]
+AGENT_COMMAND = [sys.executable, "-m", "loadgate.agent.main"]
 FAKE_NVML_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_nvml.py")
 
 
@@ -134,6 +135,38 @@ def run_spec(url, rate, duration_s, *, name="main", connections=4, max_connectio
     return agent_pb2.RunSpec(targets=targets, schedule=schedule, connections=connections,
                              max_connections=max_connections, timeout_s=timeout_s,
                              interval_s=interval_s, workers=workers, dead_man_s=dead_man_s)
+
+
+class Pinger:
+    """Pings an agent every ``period_s`` on a thread, as a controller's heartbeat does;
+    ``last_ok_ns`` is when the last answered ping was sent."""
+
+    def __init__(self, stub, period_s=0.25):
+        self.stub = stub
+        self.period_s = period_s
+        self.last_ok_ns = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            sent = time.time_ns()
+            try:
+                self.stub.Ping(agent_pb2.PingRequest(controller_unix_ns=sent,
+                                                     controller_id="tests"), timeout=5)
+                self.last_ok_ns = sent
+            except grpc.RpcError:
+                self.failures += 1
+            self._stop.wait(self.period_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def stream_reports(stub, run_id, after_seq=0, timeout=60.0, limit=None):
