@@ -274,3 +274,18 @@ def test_a_silent_metrics_endpoint_blocks(tmp_path):
                             tmp_path)
     assert status is RunStatus.FAILED
     assert "does not answer" in readiness.reasons[0]
+
+
+def test_rules_from_loadgate_monitoring_generate_satisfy_the_alerting_stage(tmp_path,
+                                                                            metrics_url):
+    from loadgate.controller.monitoring import write_monitoring
+    plan = monitoring_plan(tmp_path, metrics_url, RULES)
+    rules, dashboard = write_monitoring(plan, str(tmp_path / "generated"))
+    text = (tmp_path / "plan.yaml").read_text()
+    (tmp_path / "plan.yaml").write_text(text.replace("alerts.yaml", rules)
+                                        .replace("dash.json", dashboard))
+    readiness, status = run(load_plan(str(tmp_path / "plan.yaml")), tmp_path)
+    assert status is RunStatus.PASSED, readiness.reasons
+    alerting = [r for r in readiness.journal.records() if r["kind"] == "transition"
+                and r["node"] == "monitoring.alerting" and r["to"] == "SV:PROVERENO"]
+    assert alerting and alerting[0]["evidence"]["missing"] == []
