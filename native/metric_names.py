@@ -77,8 +77,7 @@ GATE = "gate"
 VERDICT = "verdict"
 DEPLOYMENT = "deployment"
 
-# The outcome label's values: Outcome.label, e.g. "2xx", "timeout".
-OUTCOME_LABELS = tuple(outcome.label for outcome in Outcome)
+# The outcome label's values are Outcome.label: "2xx", "timeout", "not_sent" ...
 # Requests that count as failed in an error rate, the same set the gates use: everything that
 # ended without a 2xx or 3xx, except requests never sent (those are the generator's fault).
 ERROR_OUTCOME_LABELS = tuple(outcome.label for outcome in Outcome
@@ -364,14 +363,6 @@ class MetricStore:
                 state.bucket_counts[index] += n
             state.total_count += count
             state.total_sum += total
-
-    def value(self, metric, *labels):
-        """The current value of one series (a histogram's count), or None if never set."""
-        with self._lock:
-            current = self._values[metric].get(labels)
-        if isinstance(current, _HistogramState):
-            return current.total_count
-        return current
 
     def describe(self):
         return [self._family(metric) for metric in self.metrics]
