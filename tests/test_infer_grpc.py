@@ -17,7 +17,7 @@ from loadgate.agent.inference.grpc_target import (
     KSERVE_INFER, GrpcConfig, GrpcOutcome, load_payload, request_class, run_grpc, split_method,
 )
 from loadgate.native.errors import ConfigError, EngineError
-from loadgate.native.schedule import ConstantRate
+from loadgate.native.schedule import ClosedLoop, ConstantRate
 from loadgate.proto.loadgate.v1 import kserve_v2_pb2 as kserve
 from loadgate.proto.loadgate.v1 import kserve_v2_pb2_grpc as kserve_grpc
 
@@ -105,6 +105,13 @@ def test_calls_beyond_the_in_flight_cap_wait_and_are_given_up(server):
     assert m.outcomes[GrpcOutcome.DEADLINE_EXCEEDED] >= 1
     assert m.outcomes[GrpcOutcome.NOT_SENT] >= 1
     assert sum(m.outcomes.values()) == 4
+
+
+def test_closed_loop_calls_again_when_the_last_call_ended(server):
+    # Two loops on a 0.5 s model for 0.7 s: each issues a call at 0 and at 0.5 s, then stops.
+    m = run_grpc(GrpcConfig(server, KSERVE_INFER, _request("slow").SerializeToString(),
+                            ClosedLoop(2, 0.7)))
+    assert m.outcomes == {GrpcOutcome.OK: 4}
 
 
 def test_unreachable_address_is_an_engine_error():

@@ -15,7 +15,7 @@ import pytest
 from loadgate.agent.inference.llm import LlmConfig, LlmOutcome, run_llm
 from loadgate.agent.inference.llm_request import Endpoint, LlmRequestSpec, load_prompts
 from loadgate.native.errors import ConfigError
-from loadgate.native.schedule import ConstantRate
+from loadgate.native.schedule import ClosedLoop, ConstantRate
 from loadgate.native.target import start_target_process, stop_target_process
 
 TTFT_MS, ITL_MS, TOKENS = 40, 8, 10
@@ -87,6 +87,16 @@ def test_cli_writes_json_and_exits_by_verdict(emulator, tmp_path):
     inconclusive = subprocess.run(base + ["--ttft-limit-ms", "5000"],
                                   capture_output=True, text=True, timeout=60)
     assert inconclusive.returncode == 5  # p99 needs 100 samples; 20 were taken
+
+
+def test_closed_loop_keeps_a_fixed_number_of_streams(emulator):
+    spec = LlmRequestSpec("m", ("a", "b"), max_tokens=4)
+    m = run_llm(LlmConfig(emulator + "/v1/chat/completions", ClosedLoop(4, 0.5), spec))
+    # Each stream takes at least TTFT + 3 ITL = 64 ms, and a loop starts its next request
+    # only when its last one ended: at most 4 * (0.5 / 0.064 + 1) requests.
+    assert 4 <= m.outcomes[LlmOutcome.OK] <= 4 * (0.5 / 0.064 + 1)
+    assert set(m.outcomes) == {LlmOutcome.OK}
+    assert m.to_dict()["schedule"]["model"] == "closed"
 
 
 # A scripted server: the request's "model" picks the answer.

@@ -10,7 +10,7 @@ from loadgate.agent.inference.torch_target import (
     CallOutcome, TorchConfig, import_torch, parse_shape, run_torch,
 )
 from loadgate.native.errors import ConfigError
-from loadgate.native.schedule import ConstantRate
+from loadgate.native.schedule import ClosedLoop, ConstantRate
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -114,6 +114,15 @@ def test_batches_still_queued_after_the_grace_time_are_not_run(callables):
     m = run_torch(_config(f"{callables}:sleepy", warmup=0, duration=0.5, grace_s=0.1))
     assert m.outcomes[CallOutcome.NOT_RUN] > 0
     assert sum(m.outcomes.values()) == 50
+
+
+def test_closed_loop_runs_back_to_back_with_think_time(callables):
+    # 20 ms per call and 50 ms of thinking: at most 0.3 / 0.07 + 1 calls in 0.3 s.
+    m = run_torch(TorchConfig(f"{callables}:sleepy", ClosedLoop(1, 0.3, think_time_s=0.05),
+                              input_shapes=SHAPE, warmup=0))
+    assert 2 <= m.outcomes[CallOutcome.OK] <= 0.3 / 0.07 + 1
+    with pytest.raises(ConfigError):
+        TorchConfig(f"{callables}:sleepy", ClosedLoop(2, 0.3))
 
 
 def test_configuration_errors(scripted_model, tmp_path, monkeypatch):

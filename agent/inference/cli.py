@@ -4,6 +4,8 @@
     loadgate infer torch MODEL --rate R --duration D --batch B --input-shape 1,3,224,224
     loadgate infer grpc ADDR --method /inference.GRPCInferenceService/ModelInfer --payload F
 
+Open loop by default (every latency from the request's intended start); ``--arrival closed
+--concurrency N`` runs N request loops instead, labelled closed-loop in the result.
 Each prints a summary, writes the full result (percentiles, encoded HDR histograms, gates)
 with ``--json``, and exits 0 when every gate passes (or none is given), 1 when a gate fails
 and 5 when a gate lacks the samples its percentile needs (INCONCLUSIVE).
@@ -32,12 +34,17 @@ def _positive_float(text):
 
 def _add_common(parser):
     load = parser.add_argument_group("schedule")
-    load.add_argument("--rate", type=float, required=True, help="arrivals per second")
+    load.add_argument("--rate", type=float, help="arrivals per second (open loop)")
     load.add_argument("--duration", required=True, help="run length: 30s, 2m, or seconds")
-    load.add_argument("--arrival", default="constant", choices=("constant", "poisson", "ramp"),
-                      help="arrival process (default %(default)s)")
+    load.add_argument("--arrival", default="constant",
+                      choices=("constant", "poisson", "ramp", "closed"),
+                      help="arrival process, or closed for a fixed concurrency "
+                      "(default %(default)s)")
     load.add_argument("--end-rate", type=float, help="final rate of a ramp")
     load.add_argument("--seed", type=int, help="seed of a Poisson schedule")
+    load.add_argument("--concurrency", type=int, help="request loops of a closed loop")
+    load.add_argument("--think-time", default="0", help="pause of a closed loop between "
+                      "a response and the next request")
     load.add_argument("--spin-ms", type=float, default=0.5,
                       help="poll the event loop for this long before each send instant instead "
                       "of trusting its ~1 ms timer; 0 saves that CPU at up to ~1 ms of "
@@ -53,8 +60,11 @@ def _add_common(parser):
 def _schedule(args):
     from loadgate.native.target import parse_duration
 
+    if args.arrival != "closed" and args.rate is None:
+        raise ConfigError(f"--arrival {args.arrival} needs --rate")
     return make_schedule(args.arrival, args.rate, parse_duration(args.duration), seed=args.seed,
-                         end_rate=args.end_rate)
+                         end_rate=args.end_rate, concurrency=args.concurrency,
+                         think_time_s=parse_duration(args.think_time))
 
 
 def _spin_ns(args):

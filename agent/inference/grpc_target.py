@@ -2,8 +2,9 @@
 
 The request is a serialized protobuf read once from a file (binary, or JSON converted through
 the method's descriptor) and sent as raw bytes, so no message is built or parsed on the load
-path.  Each arrival starts a call at its intended instant on grpc.aio; every call ends with a
-gRPC status, which is its outcome.  A call that cannot start because ``max_in_flight`` calls
+path.  Each arrival starts a call at its intended instant on grpc.aio (or, for a closed-loop
+schedule, each of ``concurrency`` loops calls again when its last call ended); every call
+ends with a gRPC status, which is its outcome.  A call that cannot start because ``max_in_flight`` calls
 are outstanding waits, and the wait is schedule lag, part of its latency.
 """
 import asyncio
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from loadgate.agent.inference.metrics import Measurement
 from loadgate.agent.inference.pacing import (
-    LEAD_NS, SPIN_NS, instants, require_open_loop, wait_until,
+    LEAD_NS, SPIN_NS, instants, wait_until,
 )
 from loadgate.native.errors import ConfigError, EngineError
 
@@ -70,7 +71,6 @@ class GrpcConfig:
     spin_ns: int = SPIN_NS       # see pacing.wait_until: CPU spent for sub-ms send times
 
     def __post_init__(self):
-        require_open_loop(self.schedule)
         split_method(self.method)
         if not self.timeout_s > 0 or self.max_in_flight < 1 or self.channels < 1:
             raise ConfigError("timeout_s, max_in_flight and channels must be positive")
@@ -176,6 +176,9 @@ class GrpcClient:
         tasks = set()
         start = time.monotonic_ns() + LEAD_NS
         self.measurement.started_ns = start
+        if not config.schedule.is_open_loop:
+            await self._closed_loops(calls, slots, start)
+            return
         for k, offset in enumerate(instants(config.schedule)):
             intended = start + offset
             await wait_until(intended, config.spin_ns)
@@ -185,6 +188,21 @@ class GrpcClient:
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks)
+
+    async def _closed_loops(self, calls, slots, start):
+        # Each loop calls again when its previous call has ended and the think time passed;
+        # "intended" is then the moment the call was issued.
+        schedule = self.config.schedule
+        end = start + int(schedule.duration_s * 1e9)
+        await wait_until(start, self.config.spin_ns)
+
+        async def one_loop(k):
+            while time.monotonic_ns() < end:
+                await self._call(calls[k % len(calls)], time.monotonic_ns(), slots)
+                k += schedule.concurrency
+                await asyncio.sleep(schedule.think_time_s)
+
+        await asyncio.gather(*(one_loop(k) for k in range(schedule.concurrency)))
 
     async def _call(self, call, intended, slots):
         config = self.config

@@ -9,7 +9,9 @@ completion_tokens when it reports one, else the number of chunks that carried te
 
 HTTP/1.1 on uvloop with httptools (chunked decoding included); one stream per connection, a
 pool of keep-alive connections capped at ``max_connections``; a request that finds every
-connection busy waits for one, and that wait is schedule lag, part of its latency.
+connection busy waits for one, and that wait is schedule lag, part of its latency.  A closed
+loop schedule (fixed concurrency, as many LLM benchmarks use) is run too, labelled as such by
+its schedule in the result.
 """
 import asyncio
 import enum
@@ -24,7 +26,7 @@ import uvloop
 from loadgate.agent.inference.llm_request import Endpoint
 from loadgate.agent.inference.metrics import Measurement
 from loadgate.agent.inference.pacing import (
-    LEAD_NS, SPIN_NS, instants, require_open_loop, wait_until,
+    LEAD_NS, SPIN_NS, instants, wait_until,
 )
 from loadgate.agent.inference.sse import ChunkKind, SseDecoder, read_chunk
 from loadgate.native.errors import ConfigError
@@ -66,7 +68,6 @@ class LlmConfig:
     spin_ns: int = SPIN_NS          # see pacing.wait_until: CPU spent for sub-ms send times
 
     def __post_init__(self):
-        require_open_loop(self.schedule)
         if not self.timeout_s > 0:
             raise ConfigError("timeout_s must be positive")
         if self.max_connections < 1:
@@ -75,11 +76,12 @@ class LlmConfig:
 
 class _Request:
     __slots__ = ("intended", "payload", "sent", "first", "last", "gaps", "chunks", "usage",
-                 "done", "failure")
+                 "done", "failure", "finished")
 
-    def __init__(self, intended, payload):
+    def __init__(self, intended, payload, finished=None):
         self.intended = intended
         self.payload = payload
+        self.finished = finished        # a future a closed loop awaits; set on any outcome
         self.sent = self.first = self.last = None
         self.gaps = []
         self.chunks = 0
@@ -209,10 +211,13 @@ class LlmClient:
         self.measurement.started_ns = start
         sweeper = loop.create_task(self._sweep())
         try:
-            for k, offset in enumerate(instants(self.config.schedule)):
-                intended = start + offset
-                await wait_until(intended, self.config.spin_ns)
-                self._submit(_Request(intended, self.payloads[k % len(self.payloads)]))
+            if self.config.schedule.is_open_loop:
+                for k, offset in enumerate(instants(self.config.schedule)):
+                    intended = start + offset
+                    await wait_until(intended, self.config.spin_ns)
+                    self._submit(_Request(intended, self.payloads[k % len(self.payloads)]))
+            else:
+                await self._closed_loops(start)
             await self._drain()
         finally:
             sweeper.cancel()
@@ -223,6 +228,25 @@ class LlmClient:
         measurement.figures["output_tokens"] = self.output_tokens
         measurement.figures["output_tokens_per_s"] = self.output_tokens / measurement.elapsed_s
         return measurement
+
+    async def _closed_loops(self, start):
+        # Each loop sends its next request when the previous one has ended (and the think
+        # time passed); "intended" is then the moment it was issued.
+        schedule = self.config.schedule
+        end = start + int(schedule.duration_s * 1e9)
+        loop = asyncio.get_running_loop()
+        await wait_until(start, self.config.spin_ns)
+
+        async def one_loop(k):
+            while time.monotonic_ns() < end:
+                request = _Request(time.monotonic_ns(), self.payloads[k % len(self.payloads)],
+                                   loop.create_future())
+                self._submit(request)
+                await request.finished
+                k += schedule.concurrency
+                await asyncio.sleep(schedule.think_time_s)
+
+        await asyncio.gather(*(one_loop(k) for k in range(schedule.concurrency)))
 
     async def _drain(self):
         # The sweeper ends every request within a timeout of sending (or of waiting), so this
@@ -305,6 +329,8 @@ class LlmClient:
     def _count(self, request, outcome, now):
         m = self.measurement
         m.count(outcome)
+        if request.finished is not None:
+            request.finished.set_result(outcome)
         if outcome is not LlmOutcome.OK:
             return
         self.last_completion = max(self.last_completion or now, now)

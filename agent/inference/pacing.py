@@ -9,8 +9,6 @@ the rest: the poll costs a little CPU and keeps the median schedule lag at micro
 import asyncio
 import time
 
-from loadgate.native.errors import ConfigError
-
 # Sleep on the timer until this close to an instant, then yield until it arrives.  uvloop's
 # timer fires up to ~0.9 ms early (then the poll covers it) and usually < 0.5 ms late; at
 # 200 arrivals/s the poll costs ~5 % of a core here, 1.5 ms would cost ~15 %.
@@ -19,12 +17,6 @@ BLOCKING_SPIN_NS = 200_000
 BATCH = 512
 # Time between starting the clock and the first instant: sockets and tasks get set up.
 LEAD_NS = 20_000_000
-
-
-def require_open_loop(schedule):
-    if not schedule.is_open_loop:
-        raise ConfigError("inference targets run open-loop schedules only "
-                          f"(got {schedule.model.value})")
 
 
 def instants(schedule):

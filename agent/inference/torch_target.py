@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from loadgate.agent.inference.metrics import Measurement
-from loadgate.agent.inference.pacing import LEAD_NS, instants, require_open_loop, sleep_until
+from loadgate.agent.inference.pacing import LEAD_NS, instants, sleep_until
 from loadgate.native.errors import ConfigError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")
@@ -57,7 +57,9 @@ class TorchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require_open_loop(self.schedule)
+        if not self.schedule.is_open_loop and self.schedule.concurrency != 1:
+            raise ConfigError("an in-process model runs one batch at a time: a closed loop "
+                              "needs a concurrency of 1")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ConfigError(f"batch must be a positive integer, got {self.batch!r}")
         if self.warmup < 0:
@@ -141,6 +143,17 @@ def make_inputs(torch, config, device):
     return inputs
 
 
+def closed_loop_offsets(schedule, start_ns):
+    """Offsets for a one-loop closed schedule: each is taken when the generator is resumed,
+    that is when the previous batch has completed, plus the think time."""
+    end = int(schedule.duration_s * 1e9)
+    think = int(schedule.think_time_s * 1e9)
+    offset = 0
+    while offset < end:
+        yield offset
+        offset = time.monotonic_ns() - start_ns + think
+
+
 def run_torch(config):
     """Runs the model through the schedule; returns the Measurement."""
     torch = import_torch()
@@ -167,7 +180,10 @@ def run_torch(config):
         deadline = start + int((config.schedule.duration_s + config.grace_s) * 1e9)
         measurement.started_ns = start
         last_done = start
-        for offset in instants(config.schedule):
+        schedule = config.schedule
+        offsets = instants(schedule) if schedule.is_open_loop else \
+            closed_loop_offsets(schedule, start)
+        for offset in offsets:
             intended = start + offset
             if time.monotonic_ns() > deadline:
                 measurement.count(CallOutcome.NOT_RUN)
