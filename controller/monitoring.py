@@ -36,11 +36,13 @@ GPU_OOM_FREE_RATIO = 0.1
 # generator, not the target, decides the verdict.
 LAG_SHARE_OF_GATE = 0.1
 DEFAULT_LAG_LIMIT_S = 0.01
-DEFAULT_WINDOW_S = 300.0
+# The seed's rate window.
+WINDOW = "5m"
 # The seed alerts on low throughput whatever the gates say; without a throughput gate the plan's
 # own offered load is the expectation, with the margin classification uses elsewhere.
 DEFAULT_MIN_RATIO_PERCENT = 95.0
-GROUP_INTERVAL = "30s"
+# The seed's evaluation interval, unless the plan's monitoring.alert_interval asks for faster.
+GROUP_INTERVAL_S = 30.0
 
 
 class AlertName(enum.Enum):
@@ -288,16 +290,16 @@ def effective_plan(plan):
     return classify(plan).plan
 
 
-def window_of(plan):
-    seconds = plan.monitoring.alert_interval_s or DEFAULT_WINDOW_S
-    return promql_duration(seconds)
+def group_interval(plan):
+    required = plan.monitoring.alert_interval_s
+    return promql_duration(min(GROUP_INTERVAL_S, required) if required else GROUP_INTERVAL_S)
 
 
 def alert_rules(plan, dcgm_names=False):
     """Every alert rule the plan's effective gates call for, in a fixed order."""
     plan = effective_plan(plan)
     gates = plan.gates
-    window = window_of(plan)
+    window = WINDOW
     return (_request_rules(gates, window) + _relative_rules(plan, gates.relative, window)
             + _saturation_rules(gates.saturation, window, dcgm_names)
             + _gpu_health_rules(window, dcgm_names) + _generator_rules(gates, window)
@@ -309,7 +311,7 @@ def rules_document(plan, dcgm_names=False):
     deployment_id = plan.deployment.id
     return {"groups": [{
         "name": f"loadgate-{deployment_id}",
-        "interval": GROUP_INTERVAL,
+        "interval": group_interval(effective_plan(plan)),
         "rules": [rule.to_dict(deployment_id) for rule in alert_rules(plan, dcgm_names)],
     }]}
 

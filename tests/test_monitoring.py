@@ -347,3 +347,18 @@ def test_a_healthy_run_fires_nothing(tmp_path):
                     for alert in rules_by_name(plan)]
     result = promtool_test(tmp_path, plan, history, expectations)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("alert_interval", [None, "10s"])
+def test_generated_rules_pass_the_readiness_monitoring_check(tmp_path, alert_interval):
+    from loadgate.controller.classify import classify
+    from loadgate.controller.readiness_checks import check_alert_rules, check_dashboard
+
+    text = PLAN if alert_interval is None else \
+        PLAN + f"monitoring: {{alert_interval: {alert_interval}}}\n"
+    plan = parse_plan(text, "plan.yaml")
+    rules_path, dashboard_path = write_monitoring(plan, str(tmp_path))
+    effective = classify(plan).plan
+    check = check_alert_rules(rules_path, effective.gates, effective.monitoring.alert_interval_s)
+    assert check.ok, check
+    assert check_dashboard(dashboard_path).ok
