@@ -72,6 +72,10 @@ def test_error_rate_counts_every_unsuccessful_outcome():
                                   "outcomes": {"good": 90, "bad": 10}}
     assert result["figures"]["error_rate"] == pytest.approx(0.1)
     assert result["verdict"] == "FAIL"
+    all_failed = _measurement([], bad=5).to_dict([Gate.parse("error_rate<=0.05")])
+    assert all_failed["verdict"] == "FAIL"
+    nothing = _measurement([]).to_dict([Gate.parse("error_rate<=0.05")])
+    assert nothing["verdict"] == "INCONCLUSIVE"
 
 
 def test_a_gate_on_an_unknown_metric_is_a_config_error():

@@ -79,7 +79,7 @@ class Gate:
             observed = result["figures"].get(self.metric)
             if observed is None:
                 raise ConfigError(f"gate {self}: no figure {self.metric!r} in this result")
-            samples = result["requests"]["completed"]
+            samples = result["requests"]["scheduled"]
             enough = samples > 0
         else:
             summary = result["metrics"].get(self.metric)
