@@ -120,6 +120,9 @@ def test_every_pod_runs_unprivileged_as_the_image_user():
             assert context["readOnlyRootFilesystem"] is True
             assert context["capabilities"]["drop"] == ["ALL"]
             assert "privileged" not in context
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root needs a /tmp"
 
 
 def test_network_policy_admits_only_the_controller_to_the_agents_grpc_port():
