@@ -45,7 +45,7 @@ from loadgate.controller.readiness_rollout import RolloutMixin
 from loadgate.controller.readiness_stages import PreDeploymentStages
 from loadgate.controller.states import Node, Stage, State, StateMachine, SubStage
 from loadgate.controller.verdict import RunStatus
-from loadgate.native.errors import InfrastructureError
+from loadgate.native.errors import InfrastructureError, LoadgateError
 
 JOURNAL_NAME = "journal.jsonl"
 
@@ -140,7 +140,9 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         for record in records if records is not None else self.journal.records():
             kind = record.get("kind")
             if kind == RecordKind.APPROVAL.value and self.approval is None:
-                self.approval = record
+                approvers = self.plan.approval.approvers
+                if not approvers or record.get("who") in approvers:
+                    self.approval = record
             elif kind == RecordKind.ABORT.value and self.aborted is None:
                 self.aborted = record
 
@@ -188,7 +190,8 @@ class Readiness(PreDeploymentStages, RolloutMixin):
                                   (Stage.PERFORMANCE, self._performance),
                                   (Stage.MONITORING, self._monitoring),
                                   (Stage.DEPLOYMENT, self._deployment)):
-                if self.machine.state(Node(stage)).perfective:
+                state = self.machine.state(Node(stage))
+                if state.perfective and state is not State.RAZVERNUTO:
                     continue
                 if not (yield from runner(Node(stage))):
                     break
@@ -196,6 +199,8 @@ class Readiness(PreDeploymentStages, RolloutMixin):
                 self._finish(RunStatus.PASSED, None)
         except _Aborted:
             self._on_abort()
+        except (LoadgateError, OSError) as exc:
+            self._on_lost_measurement(exc)
         finally:
             self.source.stop()
 
@@ -270,6 +275,24 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         self._to(stage, State.ZAVERSHENO, "deployed and monitored for "
                  + format_duration(plan.monitoring.post_deploy_window_s))
         return True
+
+    def _on_lost_measurement(self, exc):
+        reason = f"measurement failed: {exc}"
+        if self.deploying:
+            self.roll_back(reason, {"error": str(exc)}, RunStatus.BLOCKED,
+                           verdict_module.ErrorKind.INFRASTRUCTURE)
+            return
+        running = [n for n in self.machine.nodes() if self.machine.state(n).imperfective]
+        for node in sorted(running, key=lambda n: n.sub is None):
+            self._to(node, State.ZABLOKIROVANO, reason)
+        self._finish(RunStatus.BLOCKED, reason, verdict_module.ErrorKind.INFRASTRUCTURE)
+
+    def entered(self, node, state):
+        """When node last entered state, from the journal (None if it never did)."""
+        times = [r["time"] for r in self.journal.records()
+                 if r.get("kind") == RecordKind.TRANSITION.value and r["node"] == node.key
+                 and r["to"] == state.value]
+        return times[-1] if times else None
 
     def _on_abort(self):
         who, why = self.aborted.get("who"), self.aborted.get("why")

@@ -195,7 +195,11 @@ class RolloutMixin:
 
     def post_deploy(self, node, rollout):
         """Generator: watches the deployed version for the post-deploy window."""
+        self.deploying = True
         seconds = self.plan.monitoring.post_deploy_window_s
+        began = self.entered(node, State.MONITORITSYA)
+        if self.machine.state(node) is State.MONITORITSYA and began is not None:
+            seconds = max(0.0, seconds - (self.clock() - began))
         self._to(node, State.MONITORITSYA, f"watching for {format_duration(seconds)}")
         weights = self.canary_weights(100.0) if self.plan.deployment.strategy is \
             Strategy.CANARY else self.static_weights()
@@ -211,7 +215,7 @@ class RolloutMixin:
                                         f"{format_duration(seconds)}")
         return True
 
-    def roll_back(self, reason, evidence):
+    def roll_back(self, reason, evidence, status=RunStatus.FAILED, error=None):
         """AVARIYA -> rollback hook -> OTKAT -> previous SV for every deploying node; False."""
         stage = Node(Stage.DEPLOYMENT)
         nodes = [n for n in self.machine.children[stage]
@@ -225,14 +229,14 @@ class RolloutMixin:
         result = self._hook("rollback", self.plan.hooks.rollback, weight=0)
         if not result.ok:
             self._finish(RunStatus.FAILED, f"{reason}; rollback hook FAILED "
-                         f"({result.status}): the deployment stays in AVARIYA")
+                         f"({result.status}): the deployment stays in AVARIYA", error)
             return False
         for node in nodes:
             self._to(node, State.OTKAT, f"rollback initiated: {reason}", evidence)
             self._to(node, self.machine.previous_sv(node), "rolled back to the previous "
                      "known-good state", {"hook": result.to_dict()})
         self._to(stage, State.OTKAT, f"rolled back: {reason}", {"hook": result.to_dict()})
-        self._finish(RunStatus.FAILED, reason)
+        self._finish(status, reason, error)
         return False
 
 

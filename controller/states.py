@@ -267,7 +267,7 @@ class StateMachine:
                                     f"transition of the seed's state machine")
         self._check(node, rule, source, target)
         record = {"kind": RecordKind.TRANSITION.value, "time": self.clock(), "node": node.key,
-                  "title": node.title, "from": source.value, "to": target.value,
+                  "stage": node.stage.value, "title": node.title, "from": source.value, "to": target.value,
                   "rule": rule.name, "reason": reason, "evidence": evidence or {}}
         self.journal.append(record)
         self.states[node] = target

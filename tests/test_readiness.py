@@ -201,3 +201,62 @@ def test_an_abort_during_the_ramp_rolls_back_and_is_journaled(tmp_path):
     assert verdict.decisions[0]["who"] == "bob"
     assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.OTKAT
     assert os.path.exists(tmp_path / "rollback-called")
+
+
+def test_only_a_listed_approver_can_approve(tmp_path):
+    readiness, clock, _ = start(
+        tmp_path, {"baseline": Profile(), "canary": Profile()}, risk="HIGH", extra="""\
+        approval:
+          approvers: [alice]
+        monitoring:
+          post_deploy_window: 1m
+        overrides:
+          - key: monitoring.post_deploy_window
+            reason: test cluster
+        """)
+    assert readiness.run(lambda: clock.advance(5.0), 5000) is RunStatus.WAITING
+    approve(tmp_path / "run", "mallory", "looks fine to me", clock)
+    assert readiness.run(lambda: clock.advance(5.0), 50) is RunStatus.WAITING
+    assert readiness.machine.state(STAGING) is State.OZHIDAET
+    approve(tmp_path / "run", "alice", "CAB-43", clock)
+    assert readiness.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
+    assert load(tmp_path / "run").decisions[-1]["who"] == "alice"
+
+
+class LosingSource(SyntheticSource):
+    """Loses its agents (an InfrastructureError, as the agent source raises) on demand."""
+
+    lost = False
+
+    def collect(self):
+        if self.lost:
+            from loadgate.native.errors import InfrastructureError
+            raise InfrastructureError("every agent stopped answering")
+        return super().collect()
+
+
+def test_losing_the_measurement_mid_ramp_rolls_back_as_an_infrastructure_error(tmp_path):
+    clock = FakeClock()
+    source = LosingSource(clock, {"baseline": Profile(), "canary": Profile()})
+    readiness = Readiness(load_plan(canary_plan(tmp_path)), tmp_path / "run", source, clock)
+    while not records(tmp_path / "run", "step", "canary"):
+        readiness.tick()
+        clock.advance(5.0)
+    source.lost = True
+    assert readiness.run(lambda: clock.advance(5.0), 100) is RunStatus.BLOCKED
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.OTKAT
+    assert os.path.exists(tmp_path / "rollback-called")
+    code, message = gate_cli.check(str(tmp_path / "run"))
+    assert code == gate_cli.ExitCode.INFRASTRUCTURE_ERROR and "stopped answering" in message
+
+
+def test_losing_the_measurement_before_deploying_blocks_the_running_stage(tmp_path):
+    clock = FakeClock()
+    source = LosingSource(clock, {"baseline": Profile(), "canary": Profile()})
+    source.lost = True
+    readiness = Readiness(load_plan(canary_plan(tmp_path)), tmp_path / "run", source, clock)
+    assert readiness.run(lambda: clock.advance(5.0), 100) is RunStatus.BLOCKED
+    assert readiness.machine.state(Node(Stage.PERFORMANCE)) is State.ZABLOKIROVANO
+    assert readiness.machine.state(Node(Stage.PERFORMANCE, SubStage.LATENCY)) is \
+        State.ZABLOKIROVANO
+    assert gate_cli.check(str(tmp_path / "run"))[0] == gate_cli.ExitCode.INFRASTRUCTURE_ERROR

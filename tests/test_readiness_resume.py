@@ -117,3 +117,22 @@ def test_a_run_directory_of_another_plan_is_refused(tmp_path):
         Readiness(other, tmp_path / "run", source, clock)
     with pytest.raises(JournalError, match="no readiness journal"):
         Readiness.resume(tmp_path / "empty", source, clock)
+
+
+def test_a_resumed_post_deploy_window_only_watches_the_time_left(tmp_path):
+    clock = FakeClock()
+    profiles = {"baseline": Profile(), "canary": Profile()}
+    plan = load_plan(canary_plan(tmp_path, extra="monitoring: {post_deploy_window: 10m}\n"))
+    first = Readiness(plan, tmp_path / "run", SyntheticSource(clock, profiles), clock)
+    post = Node(Stage.DEPLOYMENT, SubStage.POST_DEPLOY)
+    while first.machine.state(post) is not State.MONITORITSYA:
+        first.tick()
+        clock.advance(5.0)
+    began = first.entered(post, State.MONITORITSYA)
+    for _ in range(60):
+        first.tick()
+        clock.advance(5.0)
+    del first
+    resumed = Readiness.resume(tmp_path / "run", SyntheticSource(clock, profiles, seed=9), clock)
+    assert resumed.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
+    assert 600 <= clock() - began <= 600 + 10
