@@ -30,7 +30,6 @@ cdef extern from "lg_hdr.h" nogil:
     int lg_hdr_add(lg_hdr_histogram* dst, const lg_hdr_histogram* src)
     int lg_hdr_subtract(lg_hdr_histogram* dst, const lg_hdr_histogram* src)
     void lg_hdr_reset(lg_hdr_histogram* h)
-    void lg_hdr_reset_recorded(lg_hdr_histogram* h)
     int64_t lg_hdr_value_at_percentile(const lg_hdr_histogram* h, double percentile)
     double lg_hdr_mean(const lg_hdr_histogram* h)
     double lg_hdr_stddev(const lg_hdr_histogram* h)
@@ -74,7 +73,6 @@ cdef extern from "lg_hdr.h" nogil:
                                 lg_hdr_decode_state* state, size_t* consumed)
     int lg_hdr_decode_v2_add(lg_hdr_histogram* dst, const uint8_t* buffer, size_t length)
     void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
-    void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
 
     ctypedef struct lg_hdr_recorder:
         lg_hdr_histogram* active
@@ -94,8 +92,6 @@ cdef class Histogram:
     cdef public double start_time
     cdef public double end_time
     cdef public object tag
-    # Reused by decode_and_add so that merging encoded histograms allocates nothing.
-    cdef Histogram _scratch
     cdef _merge_times(self, Histogram other)
     # Records without the GIL; clamps into range so no sample is lost.  Returns 1 if clamped.
     cdef inline int record_nogil(self, int64_t value) noexcept nogil:

@@ -55,9 +55,13 @@ cdef lg_hdr_histogram* _new_counts(int64_t lowest, int64_t highest, int figures)
     return h
 
 
+# Passed as lowest, makes a Histogram with no counts yet, for _wrap to fill.
+cdef object _ADOPT = object()
+
+
 cdef Histogram _wrap(lg_hdr_histogram* h):
     # Takes ownership of h.
-    cdef Histogram out = Histogram.__new__(Histogram)
+    cdef Histogram out = Histogram.__new__(Histogram, _ADOPT)
     out.h = h
     return out
 
@@ -81,17 +85,17 @@ cdef class Histogram:
     ``lowest`` share its resolution (HdrHistogram's "lowest discernible value").
     """
 
-    def __cinit__(self, *args, **kwargs):
-        self.h = NULL
+    def __cinit__(self, lowest=DEFAULT_LOWEST, highest=DEFAULT_HIGHEST,
+                  significant_figures=DEFAULT_SIGNIFICANT_FIGURES):
         self.start_time = 0.0
         self.end_time = 0.0
         self.tag = None
-
-    def __init__(self, int64_t lowest=DEFAULT_LOWEST, int64_t highest=DEFAULT_HIGHEST,
-                 int significant_figures=DEFAULT_SIGNIFICANT_FIGURES):
-        cdef lg_hdr_histogram* fresh = _new_counts(lowest, highest, significant_figures)
-        lg_hdr_close(self.h)
-        self.h = fresh
+        if lowest is _ADOPT:
+            return
+        try:
+            self.h = _new_counts(lowest, highest, significant_figures)
+        except OverflowError as error:
+            raise HistogramError(f"histogram range out of bounds: {error}") from error
 
     def __dealloc__(self):
         lg_hdr_close(self.h)
@@ -278,21 +282,12 @@ cdef class Histogram:
 
     def decode_and_add(self, encoded):
         """Adds the histogram ``encoded`` holds (base64 as from encode(), or binary as from
-        encode_binary()) to this one; returns self.  The same as ``add(decode(encoded))``,
-        without allocating when the layouts match."""
-        cdef Histogram decoded
-        if self._scratch is None:
-            self._scratch = _wrap(_new_counts(self.h.lowest_discernible_value,
-                                              self.h.highest_trackable_value,
-                                              self.h.significant_figures))
-        decoded = _decode_binary(_raw_encoding(encoded), self._scratch, self)
-        if decoded is self:
-            return self
-        try:
+        encode_binary()) to this one; returns self.  The same as ``add(decode(encoded))``;
+        when the layouts match the counts are merged straight from the stream, in one pass
+        and without a decoded copy."""
+        cdef Histogram decoded = _decode_binary(_raw_encoding(encoded), self)
+        if decoded is not self:
             self.add(decoded)
-        finally:
-            if decoded is self._scratch:
-                lg_hdr_reset_recorded(decoded.h)
         return self
 
     @staticmethod
@@ -333,7 +328,7 @@ def _rebuild(data, start_time, end_time, tag):
     return out
 
 
-cdef Histogram _decode_binary(bytes data, Histogram scratch=None, Histogram add_to=None):
+cdef Histogram _decode_binary(bytes data, Histogram add_to=None):
     cdef uint32_t cookie
     cdef uint32_t length
     if len(data) < _EXTERNAL_HEADER.size:
@@ -344,9 +339,9 @@ cdef Histogram _decode_binary(bytes data, Histogram scratch=None, Histogram add_
             raise EncodingError(f"encoded histogram claims {length} compressed bytes, "
                                 f"has {len(data) - _EXTERNAL_HEADER.size}")
         return _decode_payload(data[_EXTERNAL_HEADER.size:_EXTERNAL_HEADER.size + length], True,
-                               scratch, add_to)
+                               add_to)
     if (cookie & ~0xf0) == LG_HDR_V2_ENCODING_COOKIE_BASE:
-        return _decode_payload(data, False, scratch, add_to)
+        return _decode_payload(data, False, add_to)
     raise EncodingError(f"not a V2 histogram encoding (cookie 0x{cookie:08x})")
 
 
@@ -357,14 +352,11 @@ cdef bint _fits_layout(Histogram hist, lg_hdr_v2_header* header):
             and hist.h.significant_figures == <int32_t> header.significant_figures)
 
 
-cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch,
-                               Histogram add_to):
-    # A payload of one chunk for add_to's layout is checked, then added to add_to in place
-    # (add_to is returned).  Otherwise it decodes into scratch (empty, and left empty on
-    # failure) when the layouts match, else into a new histogram, inflating at most
-    # _DECODE_CHUNK bytes at a time.
+cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram add_to):
+    # A payload of at most one chunk for add_to's layout is merged into add_to (returned);
+    # any other decodes into a new histogram, inflating at most _DECODE_CHUNK bytes at a time.
     cdef lg_hdr_v2_header header
-    cdef Histogram out = None
+    cdef Histogram out
     cdef lg_hdr_decode_state state
     cdef size_t consumed = 0
     cdef int64_t remaining
@@ -393,11 +385,8 @@ cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch
                 raise EncodingError("histogram payload is truncated, overruns its layout or its "
                                     "total overflows")
             return add_to
-        if _fits_layout(scratch, &header):
-            out = scratch
-        else:
-            out = _wrap(_new_counts(header.lowest_discernible_value,
-                                    header.highest_trackable_value, header.significant_figures))
+        out = _wrap(_new_counts(header.lowest_discernible_value, header.highest_trackable_value,
+                                header.significant_figures))
         remaining = header.payload_length
         carry = b""
         while remaining > 0:
@@ -419,12 +408,8 @@ cdef Histogram _decode_payload(bytes payload, bint compressed, Histogram scratch
             carry = chunk[consumed:]
         if carry:
             raise EncodingError("histogram payload ends inside a count")
-    except BaseException as error:
-        if out is not None and out is scratch:
-            lg_hdr_decode_v2_clear(out.h, &state)
-        if isinstance(error, zlib.error):
-            raise EncodingError(f"histogram payload does not inflate: {error}") from error
-        raise
+    except zlib.error as error:
+        raise EncodingError(f"histogram payload does not inflate: {error}") from error
     lg_hdr_decode_v2_finish(out.h, &state)
     return out
 

@@ -13,7 +13,7 @@
 
 #include "lg_hdr.h"
 
-/* Smallest power-of-two magnitude holding value; value > 0. */
+/* floor(log2(value)) for value > 0. */
 static int32_t lg_hdr_log2_floor(int64_t value)
 {
     return 63 - __builtin_clzll((uint64_t) value);
@@ -47,7 +47,7 @@ static int lg_hdr_layout(int64_t lowest_discernible_value, int64_t highest_track
 
     if (lowest_discernible_value < 1 || significant_figures < 1 || significant_figures > 5
         || highest_trackable_value > INT64_MAX / 2
-        || lowest_discernible_value * 2 > highest_trackable_value)
+        || lowest_discernible_value > highest_trackable_value / 2)
     {
         return LG_HDR_EINVAL;
     }
@@ -352,21 +352,6 @@ int lg_hdr_equal(const lg_hdr_histogram* a, const lg_hdr_histogram* b)
 void lg_hdr_reset(lg_hdr_histogram* h)
 {
     memset(h->counts, 0, (size_t) h->counts_len * sizeof(int64_t));
-    h->total_count = 0;
-    h->min_value = INT64_MAX;
-    h->max_value = 0;
-}
-
-void lg_hdr_reset_recorded(lg_hdr_histogram* h)
-{
-    int32_t first;
-    int32_t last;
-    lg_hdr_recorded_range(h, &first, &last);
-    h->counts[0] = 0;
-    if (first <= last)
-    {
-        memset(h->counts + first, 0, (size_t) (last - first + 1) * sizeof(int64_t));
-    }
     h->total_count = 0;
     h->min_value = INT64_MAX;
     h->max_value = 0;
@@ -789,17 +774,6 @@ void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* sta
     {
         h->min_value = lg_hdr_value_at_index(h, state->first_nonzero_above_zero);
     }
-}
-
-void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state)
-{
-    if (state->index > 0)
-    {
-        memset(h->counts, 0, (size_t) state->index * sizeof(int64_t));
-    }
-    h->total_count = 0;
-    h->min_value = INT64_MAX;
-    h->max_value = 0;
 }
 
 int lg_hdr_recorder_init(int64_t lowest_discernible_value, int64_t highest_trackable_value,

@@ -151,10 +151,6 @@ int lg_hdr_equal(const lg_hdr_histogram* a, const lg_hdr_histogram* b);
 /* Zeroes counts, total, min and max. */
 void lg_hdr_reset(lg_hdr_histogram* h);
 
-/* As lg_hdr_reset, but touches only the span between min and max (cheap for a scratch
- * histogram reused across decodes); min and max must be those of the counts. */
-void lg_hdr_reset_recorded(lg_hdr_histogram* h);
-
 /* Value at percentile (0..100): the highest value equivalent to the bucket holding the
  * sample of nearest rank ceil(percentile / 100 * total) (HdrHistogram Java's definition;
  * percentile 0 gives the lowest equivalent value of the minimum).  0 when empty. */
@@ -232,10 +228,6 @@ int lg_hdr_decode_v2_add(lg_hdr_histogram* dst, const uint8_t* buffer, size_t le
 
 /* Sets total, min and max of h from a finished decode. */
 void lg_hdr_decode_v2_finish(lg_hdr_histogram* h, const lg_hdr_decode_state* state);
-
-/* Zeroes the counts a decode wrote into h (and its total, min and max), so a scratch
- * histogram is reused without clearing all of it. */
-void lg_hdr_decode_v2_clear(lg_hdr_histogram* h, const lg_hdr_decode_state* state);
 
 /*
  * lg_hdr_recorder: interval recording without locks on the recording side.  Writers enter a

@@ -2,6 +2,7 @@
 sample arithmetic."""
 import math
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -315,3 +316,26 @@ def test_pickle_round_trip():
     back = pickle.loads(pickle.dumps(hist))
     assert back == hist
     assert (back.start_time, back.end_time, back.tag) == (1.0, 2.0, "t")
+
+
+def test_payload_spanning_many_decode_chunks():
+    rng = np.random.default_rng(13)
+    hist = Histogram(1, 10**12, 5)
+    hist.record_array(rng.integers(0, 2_000_000, 300_000))
+    hist.record_array(rng.integers(0, 10**12, 1000))
+    raw_length = len(zlib.decompress(hist.encode_binary()[8:]))
+    assert raw_length > 4 * 65536
+    assert Histogram.decode(hist.encode()) == hist
+    merged = Histogram(1, 10**12, 5)
+    merged.record(5)
+    merged.decode_and_add(hist.encode_binary())
+    assert merged.total_count == hist.total_count + 1
+    assert reference_counts(HdrHistogram.decode(hist.encode())) == our_counts(hist)
+
+
+def test_bare_new_and_huge_bounds_are_safe():
+    bare = Histogram.__new__(Histogram)
+    bare.record(5)
+    assert bare.total_count == 1 and bare.highest == 3_600_000_000
+    with pytest.raises(HistogramError):
+        Histogram(1, 2**70, 3)
