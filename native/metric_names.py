@@ -19,10 +19,13 @@ buckets (the bucket counts of the HDR delta, never one observe() per request).
 """
 import bisect
 import enum
+import socket
 import threading
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 
@@ -412,11 +415,26 @@ def _bound_text(bound):
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        """Scrapes are not worth a log line each."""
+
+
 class MetricsServer:
-    """A running ``/metrics`` HTTP endpoint (prometheus-client's, on a daemon thread)."""
+    """A running ``/metrics`` HTTP endpoint on a daemon thread."""
+
+    # How often the serving thread checks for close(): bounds how long close() takes.
+    POLL_INTERVAL_S = 0.05
 
     def __init__(self, registry, port=0, addr="127.0.0.1"):
-        self._httpd, self._thread = start_http_server(port, addr=addr, registry=registry)
+        server_class = type("MetricsHTTPServer", (ThreadingWSGIServer,), {
+            "address_family": socket.AF_INET6 if ":" in addr else socket.AF_INET})
+        self._httpd = make_server(addr, port, make_wsgi_app(registry), server_class,
+                                  handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        args=(self.POLL_INTERVAL_S,), daemon=True,
+                                        name="loadgate-metrics")
+        self._thread.start()
         self.addr = addr
         self.port = self._httpd.server_port
 

@@ -370,3 +370,19 @@ def test_real_agent_metrics_move_during_a_run_and_match_its_reports():
     assert value(final, names.INTERVALS.name) == len(reports)
     assert value(final, names.GPU_UTILIZATION.metric.name, gpu="0", uuid="GPU-metrics-test",
                  model_name="NVIDIA H100 80GB HBM3") == pytest.approx(0.66)
+
+
+def test_metrics_served_on_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    metrics = ControllerMetrics()
+    metrics.set_canary_weight(50)
+    server = metrics.serve(0, "::1")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert value(scrape(server), names.CANARY_WEIGHT.name) == 0.5
+    finally:
+        server.close()
