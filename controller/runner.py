@@ -86,6 +86,7 @@ class DistributedRun:
         self._listeners = []
         self._queues = []
         self._wake_ingest = asyncio.Event()
+        self._ingest_lock = asyncio.Lock()  # one journal write at a time, FINISHED last
         self._done = asyncio.Event()
         self._stopping = False
         self._summary = None
@@ -295,16 +296,26 @@ class DistributedRun:
             await self._flush_ingest()
 
     async def _flush_ingest(self):
-        batch = self.ingest.take()
-        if not batch:
-            return
-        # The fsync runs off the loop so heartbeats keep their rhythm while the disk works.
-        await asyncio.to_thread(self.ingest.journal_batch, batch)
-        self._emit(self.ingest.merge(batch))
-        for s in self.sessions:
-            if s.stream.finished and s.state in (AgentState.RUNNING, AgentState.LOST):
-                s.state = AgentState.FINISHED
+        async with self._ingest_lock:
+            if self._done.is_set():
+                return
+            await self._journal_and_merge()
+        self._mark_finished()
         self._check_end()
+
+    async def _journal_and_merge(self):
+        batch = self.ingest.take()
+        if batch:
+            # The fsync runs off the loop so heartbeats keep their rhythm while the disk works.
+            await asyncio.to_thread(self.ingest.journal_batch, batch)
+            self._emit(self.ingest.merge(batch))
+
+    def _mark_finished(self):
+        # Finished means the final report is merged, not merely received.
+        for s in self.sessions:
+            own = self.ingest.totals.per_agent.get(s.agent_id)
+            if own and own.finished and s.state in (AgentState.RUNNING, AgentState.LOST):
+                s.state = AgentState.FINISHED
 
     async def _watchdog(self):
         interval_ns = int(self.definition.interval_s * NS)
@@ -337,22 +348,26 @@ class DistributedRun:
         if self._done.is_set() or self.status is RunStatus.FINISHING:
             return
         previous, self.status = self.status, RunStatus.FINISHING
-        await self._flush_ingest()
-        self._emit(self.ingest.merger.finish())
-        self.finished_ns = time.time_ns()
-        if previous is RunStatus.RUNNING:
-            previous = RunStatus.COMPLETED
-        if not any(s.state is AgentState.FINISHED for s in self.sessions) \
-                and previous is RunStatus.COMPLETED:
-            previous = RunStatus.FAILED
-            self.stop_reason = "no agent finished its shard"
-        self.status = previous
-        self._summary = build_summary(self)
-        self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
-                                    reason=self.stop_reason)
-        self.run_dir.write_summary(self._summary, render_summary(self._summary))
-        self.run_dir.close_outputs()
-        self._done.set()
+        # Under the ingest lock: no report is journaled after FINISHED, none merged after the
+        # summary was taken.
+        async with self._ingest_lock:
+            await self._journal_and_merge()
+            self._mark_finished()
+            self._emit(self.ingest.merger.finish())
+            self.finished_ns = time.time_ns()
+            if previous is RunStatus.RUNNING:
+                previous = RunStatus.COMPLETED
+            if not any(s.state is AgentState.FINISHED for s in self.sessions) \
+                    and previous is RunStatus.COMPLETED:
+                previous = RunStatus.FAILED
+                self.stop_reason = "no agent finished its shard"
+            self.status = previous
+            self._summary = build_summary(self)
+            self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
+                                        reason=self.stop_reason)
+            self.run_dir.write_summary(self._summary, render_summary(self._summary))
+            self.run_dir.close_outputs()
+            self._done.set()
         for queue in self._queues:
             queue.put_nowait(None)
 

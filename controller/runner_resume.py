@@ -73,9 +73,7 @@ def resume_run(path, credentials=None, metadata=()):
             if record["status"] in (RunStatus.ABORTED.value, RunStatus.STOPPED.value):
                 status = RunStatus(record["status"])
                 run.stop_reason = record["reason"]
-    for session in run.sessions:
-        if session.stream.finished:
-            session.state = AgentState.FINISHED
+    run._mark_finished()
     run.status = status
     run.run_dir.journal.append(RecordKind.RESUMED, controller_id=run.controller_id,
                                last_seq={s.agent_id: s.stream.last_seq for s in run.sessions})
