@@ -299,10 +299,9 @@ def alert_rules(plan, dcgm_names=False):
     """Every alert rule the plan's effective gates call for, in a fixed order."""
     plan = effective_plan(plan)
     gates = plan.gates
-    window = WINDOW
-    return (_request_rules(gates, window) + _relative_rules(plan, gates.relative, window)
-            + _saturation_rules(gates.saturation, window, dcgm_names)
-            + _gpu_health_rules(window, dcgm_names) + _generator_rules(gates, window)
+    return (_request_rules(gates, WINDOW) + _relative_rules(plan, gates.relative, WINDOW)
+            + _saturation_rules(gates.saturation, WINDOW, dcgm_names)
+            + _gpu_health_rules(WINDOW, dcgm_names) + _generator_rules(gates, WINDOW)
             + _stage_rules())
 
 
