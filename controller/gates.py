@@ -234,7 +234,8 @@ def saturation_gate(name, samples, limit_percent, window, unavailable=None):
     """The p95 of a window's telemetry samples (percent) against limit_percent."""
     values = [v for v in samples if v is not None]
     if len(values) < MIN_TELEMETRY_SAMPLES:
-        why = unavailable or f"{len(values)} telemetry samples, {MIN_TELEMETRY_SAMPLES} needed"
+        why = (unavailable if not values else None) or \
+            f"{len(values)} telemetry samples, {MIN_TELEMETRY_SAMPLES} needed"
         return GateResult(name, float("nan"), limit_percent, window, len(values),
                           GateStatus.INCONCLUSIVE, why, "%")
     p95 = float(np.percentile(values, 95))
@@ -350,11 +351,13 @@ def ratio_gate(name, baseline, canary, percentile, max_ratio, confidence, window
         **common, **bounds)
 
 
-def evaluate(gates, measurement, window, judged, baseline=None, canary=None):
+def evaluate(gates, measurement, window, judged, baseline=None, canary=None,
+             gpu_unavailable=None):
     """Every gate of an effective GatesPlan on one window.
 
     ``judged`` names the targets the absolute latency and error-rate gates apply to; relative
     gates run when ``baseline`` and ``canary`` name targets and the plan has relative gates.
+    ``gpu_unavailable`` says why GPU telemetry is missing, for the GPU gates' reasons.
     """
     confidence = gates.confidence / 100.0
     results = []
@@ -382,7 +385,8 @@ def evaluate(gates, measurement, window, judged, baseline=None, canary=None):
         if limit is not None:
             results.append(saturation_gate(f"saturation.{metric}",
                                            [getattr(s, metric) for s in measurement.telemetry],
-                                           limit, window))
+                                           limit, window,
+                                           None if metric == "cpu" else gpu_unavailable))
     relative = gates.relative
     if relative is not None and baseline and canary:
         base, can = measurement.targets[baseline].latency, measurement.targets[canary].latency

@@ -97,6 +97,7 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         self.approval = None
         self.aborted = None
         self.verdict = None
+        self.gpu_unavailable = None
         self.started = clock()
         records = list(self.journal.records())
         if records:

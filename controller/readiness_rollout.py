@@ -44,7 +44,8 @@ class RolloutMixin:
             yield from self._pause()
             measurement = self.source.collect()
             elapsed = self.clock() - start
-            results = evaluate(gates, measurement, window, judged, *pair)
+            results = evaluate(gates, measurement, window, judged, *pair,
+                               gpu_unavailable=self.gpu_unavailable)
             status = combine(results)
             if status is not last:
                 self.journal.append({

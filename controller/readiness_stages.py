@@ -23,7 +23,9 @@ class PreDeploymentStages:
         capacity_node = Node(Stage.INFRASTRUCTURE, SubStage.CAPACITY)
         if not self.machine.state(capacity_node).perfective:
             self._to(capacity_node, State.V_PROTSESSE, "reading the agents' capacity")
-            check = check_capacity(self.plan.infrastructure, self.source.describe())
+            capacity = self.source.describe()
+            self.gpu_unavailable = capacity.gpu_unavailable_reason
+            check = check_capacity(self.plan.infrastructure, capacity)
             if not check.ok:
                 return self._block(capacity_node, check.reason, check.evidence,
                                    RunStatus.BLOCKED, verdict_module.ErrorKind.INFRASTRUCTURE)

@@ -253,25 +253,34 @@ class StateMachine:
                                         f"({wanted.value if wanted else 'none'}), not "
                                         f"{target.value}")
 
-    def transition(self, node, target, reason, evidence=None):
-        """Moves node to target after checking the table and the rule's guard; journals it.
-
-        Returns the journal record.  Raises IllegalTransition (and changes nothing) if the
-        seed's rules forbid it.  A parent entering ZABLOKIROVANO cascades OZHIDAET to its
-        unfinished children, each journaled as its own transition.
-        """
+    def rule_for(self, node, target):
+        """The Rule that allows node to move to target now; IllegalTransition otherwise."""
         source = self.states[node]
         rule = TRANSITIONS.get((source, target))
         if rule is None:
             raise IllegalTransition(f"{node.key}: {source.value} -> {target.value} is not a "
                                     f"transition of the seed's state machine")
         self._check(node, rule, source, target)
-        record = {"kind": RecordKind.TRANSITION.value, "time": self.clock(), "node": node.key,
-                  "stage": node.stage.value, "title": node.title, "from": source.value, "to": target.value,
-                  "rule": rule.name, "reason": reason, "evidence": evidence or {}}
-        self.journal.append(record)
+        return rule
+
+    def transition(self, node, target, reason, evidence=None, journaled=None):
+        """THE way a state changes: checks the table and the rule's guard, journals, applies.
+
+        Returns the journal record.  Raises IllegalTransition (and changes nothing) if the
+        seed's rules forbid it.  A parent entering ZABLOKIROVANO cascades OZHIDAET to its
+        unfinished children, each its own transition.  ``journaled`` is a record read back
+        from the journal on resume: it is checked the same way but not written again.
+        """
+        source = self.states[node]
+        rule = self.rule_for(node, target)
+        record = journaled or {
+            "kind": RecordKind.TRANSITION.value, "time": self.clock(), "node": node.key,
+            "stage": node.stage.value, "title": node.title, "from": source.value,
+            "to": target.value, "rule": rule.name, "reason": reason, "evidence": evidence or {}}
+        if journaled is None:
+            self.journal.append(record)
         self.states[node] = target
-        if target is State.ZABLOKIROVANO:
+        if target is State.ZABLOKIROVANO and journaled is None:
             for child in self.children.get(node, ()):
                 if self.states[child].imperfective:
                     self.transition(child, State.OZHIDAET, f"blocked parent: {reason}",
@@ -279,17 +288,18 @@ class StateMachine:
         return record
 
     def replay(self, record):
-        """Re-applies a journaled transition (resume), checking it as transition() would."""
-        node = Node.parse(record["node"])
-        source, target = State(record["from"]), State(record["to"])
+        """Re-applies a journaled transition (resume) through transition(); the cascades it
+        caused follow it in the journal and are replayed as their own records."""
+        try:
+            node = Node.parse(record["node"])
+            source, target = State(record["from"]), State(record["to"])
+        except (KeyError, ValueError) as exc:
+            raise IllegalTransition(f"journal replay: not a transition record ({exc})") from None
         if self.states.get(node) is not source:
             raise IllegalTransition(f"journal replay: {node.key} is "
-                                    f"{self.states.get(node)}, the journal says {source.value}")
-        rule = TRANSITIONS.get((source, target))
-        if rule is None:
-            raise IllegalTransition(f"journal replay: {source.value} -> {target.value}")
-        self._check(node, rule, source, target)
-        self.states[node] = target
+                                    f"{self.states.get(node)}, the journal says "
+                                    f"{record['from']}")
+        self.transition(node, target, record.get("reason"), journaled=record)
 
     def snapshot(self):
         """{node key: state value} of every node."""

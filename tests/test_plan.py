@@ -240,3 +240,15 @@ def test_plan_validate_and_explain_cli(tmp_path):
                      "why: seed: HIGH gate requirement is manual approval + 24hr monitoring",
                      "gates.latency.p95 = 200ms  [as the default]"):
         assert expected in text, expected
+
+
+def test_the_load_plan_gives_its_arrival_schedule():
+    plan = parse_plan(GOOD.replace("  rate: 200", "  rate: 200\n  arrival: poisson\n  seed: 7"),
+                      "s.yaml")
+    schedule = plan.load.schedule()
+    assert (schedule.rate, schedule.duration_s, schedule.seed) == (200, 30.0, 7)
+    assert abs(schedule.total_count() - 6000) < 6 * 6000 ** 0.5
+    steps = parse_plan(GOOD.replace("  rate: 200\n", "  arrival: steps\n  steps: "
+                                    "[{rate: 10, duration: 5s}, {rate: 20, duration: 2s}]\n"),
+                       "s.yaml").load.schedule()
+    assert steps.total_count() == 10 * 5 + 20 * 2

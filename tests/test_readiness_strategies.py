@@ -289,3 +289,52 @@ def test_rules_from_loadgate_monitoring_generate_satisfy_the_alerting_stage(tmp_
     alerting = [r for r in readiness.journal.records() if r["kind"] == "transition"
                 and r["node"] == "monitoring.alerting" and r["to"] == "SV:PROVERENO"]
     assert alerting and alerting[0]["evidence"]["missing"] == []
+
+
+class _Router(http.server.BaseHTTPRequestHandler):
+    received = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Router.received.append((self.path, body))
+        self.send_response(200 if body.get("weight") != 50 or self.path != "/fail-at-50"
+                           else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def router():
+    _Router.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Router)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Router.received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("shift_path, expected", [("/shift", RunStatus.PASSED),
+                                                  ("/fail-at-50", RunStatus.FAILED)])
+def test_a_hook_driven_canary_tells_the_router_each_weight(tmp_path, router, shift_path,
+                                                           expected):
+    url, received = router
+    plan = write_plan(tmp_path, "CANARY", f"""\
+        canary: {{traffic: hook, hold: 60s}}
+        hooks:
+          traffic_shift: {{webhook: "{url}{shift_path}", timeout: 5s}}
+          rollback: {{webhook: "{url}/rollback", timeout: 5s}}
+        """)
+    readiness, status = run(plan, tmp_path)
+    assert status is expected, readiness.reasons
+    shifts = [body["weight"] for path, body in received if path == shift_path]
+    rollbacks = [body for path, body in received if path == "/rollback"]
+    assert all(body["deployment_id"] == "DEPLOY-STRAT-1" for _, body in received)
+    if expected is RunStatus.PASSED:
+        assert shifts == [5, 25, 50, 100] and not rollbacks
+    else:
+        assert shifts == [5, 25, 50] and [b["weight"] for b in rollbacks] == [0]
+        assert "traffic_shift hook failed (503)" in readiness.reasons[0]
