@@ -17,6 +17,7 @@ from loadgate.agent.inference.grpc_target import (
     KSERVE_INFER, GrpcConfig, GrpcOutcome, load_payload, request_class, run_grpc, split_method,
 )
 from loadgate.native.errors import ConfigError, EngineError
+from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ClosedLoop, ConstantRate
 from loadgate.proto.loadgate.v1 import kserve_v2_pb2 as kserve
 from loadgate.proto.loadgate.v1 import kserve_v2_pb2_grpc as kserve_grpc
@@ -161,13 +162,17 @@ def test_cli_with_a_json_payload(server, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "loadgate.controller.cli", "infer", "grpc", server,
          "--payload", str(payload), "--rate", "40", "--duration", "0.5",
-         "--metadata", "x-test:1", "--gate", "error_rate<=0", "--json", str(out)],
+         "--metadata", "x-test:1", "--gate", "error_rate<=0", "--json", str(out),
+         "--hlog", str(tmp_path / "grpc.hlog"), "--interval", "0.2s"],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["kind"] == "grpc" and result["verdict"] == "PASS"
     assert result["requests"]["outcomes"]["ok"] == 20
     assert result["metrics"]["latency_ms"]["count"] == 20
+    logged = [hist for tag, _, _, hist in read_hlog(str(tmp_path / "grpc.hlog"))
+              if tag == "latency_ms"]
+    assert sum(hist.total_count for hist in logged) == 20
 
 
 if __name__ == "__main__":

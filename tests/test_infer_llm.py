@@ -11,6 +11,8 @@ import sys
 import threading
 
 import pytest
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
 
 from loadgate.agent.inference.llm import LlmConfig, LlmOutcome, run_llm
 from loadgate.agent.inference.llm_request import Endpoint, LlmRequestSpec, load_prompts
@@ -80,6 +82,18 @@ def test_cli_writes_json_and_exits_by_verdict(emulator, tmp_path):
     assert result["metrics"]["ttft_ms"]["histogram"].startswith("HISTF")
     assert set(result["metrics"]["ttft_ms"]) >= {"p50", "p90", "p99", "count"}
     assert "ttft_ms" in ok.stdout
+    # The interval log is HdrHistogram's format: the reference reader takes it.
+    hlog = tmp_path / "llm.hlog"
+    logged = subprocess.run(base + ["--hlog", str(hlog), "--interval", "250ms", "--quiet"],
+                            capture_output=True, text=True, timeout=60)
+    assert logged.returncode == 0 and logged.stdout == ""
+    reader = HistogramLogReader(str(hlog), HdrHistogram(1, 3_600_000_000, 3))
+    ttft_count, intervals = 0, 0
+    while (interval := reader.get_next_interval_histogram()) is not None:
+        intervals += 1
+        if interval.get_tag() == "ttft_ms":
+            ttft_count += interval.get_total_count()
+    assert ttft_count == 20 and intervals >= 4
     failed = subprocess.run(base + ["--ttft-limit-ms", "1", "--gate-percentile", "50"],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1

@@ -6,10 +6,12 @@ import textwrap
 
 import pytest
 
+from loadgate.agent.inference.interval_log import IntervalLog
 from loadgate.agent.inference.torch_target import (
     CallOutcome, TorchConfig, import_torch, parse_shape, run_torch,
 )
 from loadgate.native.errors import ConfigError
+from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ClosedLoop, ConstantRate
 
 torch = pytest.importorskip("torch")
@@ -114,6 +116,22 @@ def test_batches_still_queued_after_the_grace_time_are_not_run(callables):
     m = run_torch(_config(f"{callables}:sleepy", warmup=0, duration=0.5, grace_s=0.1))
     assert m.outcomes[CallOutcome.NOT_RUN] > 0
     assert sum(m.outcomes.values()) == 50
+
+
+def test_interval_log_splits_the_run_by_time(scripted_model, tmp_path):
+    path = tmp_path / "torch.hlog"
+    with open(path, "w") as handle:
+        m = run_torch(_config(scripted_model, rate=100, duration=0.5),
+                      IntervalLog(handle, ("latency_ms", "service_time_ms", "schedule_lag_ms"),
+                                  0.1))
+    intervals = [(tag, hist) for tag, _, _, hist in read_hlog(str(path))]
+    latency = [hist for tag, hist in intervals if tag == "latency_ms"]
+    assert len(latency) >= 3
+    merged = latency[0].copy()
+    for hist in latency[1:]:
+        merged.add(hist)
+    assert merged == m.histograms["latency_ms"]
+    assert {tag for tag, _ in intervals} == {"latency_ms", "service_time_ms", "schedule_lag_ms"}
 
 
 def test_closed_loop_runs_back_to_back_with_think_time(callables):

@@ -11,12 +11,14 @@ with ``--json``, and exits 0 when every gate passes (or none is given), 1 when a
 and 5 when a gate lacks the samples its percentile needs (INCONCLUSIVE).
 """
 import argparse
+import contextlib
 import json
 import sys
 
 from loadgate.agent.inference.metrics import Gate, GateVerdict, json_ready
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import make_schedule
+from loadgate.native.target import parse_duration
 
 EXIT_CODES = {GateVerdict.PASS: 0, GateVerdict.FAIL: 1, GateVerdict.INCONCLUSIVE: 5}
 _SHOWN = ("p50", "p90", "p99", "max")
@@ -54,17 +56,36 @@ def _add_common(parser):
     out.add_argument("--gate", action="append", default=[], metavar="METRIC:pNN<=LIMIT",
                      help="a limit, e.g. latency_ms:p99<=50 or error_rate<=0.01 (repeatable)")
     out.add_argument("--json", metavar="FILE", help="write the full result here")
+    out.add_argument("--hlog", metavar="FILE", help="write every metric's interval histograms "
+                     "here, as an HdrHistogram log tagged by metric")
+    out.add_argument("--interval", default="1s", help="interval of --hlog (default %(default)s)")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _schedule(args):
-    from loadgate.native.target import parse_duration
-
     if args.arrival != "closed" and args.rate is None:
         raise ConfigError(f"--arrival {args.arrival} needs --rate")
     return make_schedule(args.arrival, args.rate, parse_duration(args.duration), seed=args.seed,
                          end_rate=args.end_rate, concurrency=args.concurrency,
                          think_time_s=parse_duration(args.think_time))
+
+
+@contextlib.contextmanager
+def _interval_log(args, metrics):
+    from loadgate.agent.inference.interval_log import IntervalLog
+
+    if not args.hlog:
+        yield None
+        return
+    interval_s = parse_duration(args.interval)
+    if interval_s <= 0:
+        raise ConfigError("--interval must be positive")
+    try:
+        handle = open(args.hlog, "w", encoding="ascii")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.hlog!r}: {exc.strerror}") from None
+    with handle:
+        yield IntervalLog(handle, metrics, interval_s)
 
 
 def _spin_ns(args):
@@ -109,7 +130,7 @@ def _print_summary(result, out=sys.stdout):
 
 
 def run_llm_command(args):
-    from loadgate.agent.inference.llm import LlmConfig, run_llm
+    from loadgate.agent.inference.llm import METRICS, LlmConfig, run_llm
     from loadgate.agent.inference.llm_request import (
         LlmRequestSpec, api_key_header, load_prompts, parse_header,
     )
@@ -128,27 +149,37 @@ def run_llm_command(args):
         gates.append(f"tpot_ms:p{args.gate_percentile:g}<={args.tpot_limit_ms:g}")
     config = LlmConfig(args.url, _schedule(args), spec, args.timeout, args.max_connections,
                        _spin_ns(args))
-    return _finish(args, run_llm(config), gates)
+    with _interval_log(args, METRICS) as log:
+        measurement = run_llm(config, log)
+    return _finish(args, measurement, gates)
 
 
 def run_torch_command(args):
-    from loadgate.agent.inference.torch_target import TorchConfig, parse_shape, run_torch
+    from loadgate.agent.inference.torch_target import (
+        METRICS, TorchConfig, parse_shape, run_torch,
+    )
 
     shapes = tuple(parse_shape(s) for s in (args.input_shape or ["1,3,224,224"]))
     config = TorchConfig(args.model, _schedule(args), shapes, args.batch, args.dtype,
                          args.device, args.warmup, args.threads, args.grace)
-    return _finish(args, run_torch(config), args.gate)
+    with _interval_log(args, METRICS) as log:
+        measurement = run_torch(config, log)
+    return _finish(args, measurement, args.gate)
 
 
 def run_grpc_command(args):
-    from loadgate.agent.inference.grpc_target import GrpcConfig, load_payload, run_grpc
+    from loadgate.agent.inference.grpc_target import (
+        METRICS, GrpcConfig, load_payload, run_grpc,
+    )
     from loadgate.agent.inference.llm_request import parse_header
 
     payload = load_payload(args.payload, args.method, args.payload_format, args.proto_module)
     metadata = tuple((k.lower(), v) for k, v in (parse_header(m) for m in args.metadata))
     config = GrpcConfig(args.address, args.method, payload, _schedule(args), args.timeout,
                         args.max_in_flight, args.channels, metadata, args.tls, _spin_ns(args))
-    return _finish(args, run_grpc(config), args.gate)
+    with _interval_log(args, METRICS) as log:
+        measurement = run_grpc(config, log)
+    return _finish(args, measurement, args.gate)
 
 
 def register(subparsers):

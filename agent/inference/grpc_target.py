@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 
+from loadgate.agent.inference.interval_log import roll_periodically
 from loadgate.agent.inference.metrics import Measurement
 from loadgate.agent.inference.pacing import (
     LEAD_NS, SPIN_NS, instants, wait_until,
@@ -136,10 +137,10 @@ def load_payload(path, method, payload_format="auto", modules=()):
 class GrpcClient:
     """Runs one schedule against one method; ``run`` returns the Measurement."""
 
-    def __init__(self, config):
+    def __init__(self, config, log=None):
         self.config = config
         self.measurement = Measurement("grpc", f"{config.address}{config.method}",
-                                       config.schedule, METRICS, GrpcOutcome)
+                                       config.schedule, METRICS, GrpcOutcome, log)
         self.response_bytes = 0
         self.last_completion = None
 
@@ -166,7 +167,7 @@ class GrpcClient:
             for channel in channels:
                 await channel.close()
         m = self.measurement
-        m.ended_ns = self.last_completion or time.monotonic_ns()
+        m.end(self.last_completion or time.monotonic_ns())
         m.figures["response_bytes"] = self.response_bytes
         return m
 
@@ -175,19 +176,25 @@ class GrpcClient:
         slots = asyncio.Semaphore(config.max_in_flight)
         tasks = set()
         start = time.monotonic_ns() + LEAD_NS
-        self.measurement.started_ns = start
-        if not config.schedule.is_open_loop:
-            await self._closed_loops(calls, slots, start)
-            return
-        for k, offset in enumerate(instants(config.schedule)):
-            intended = start + offset
-            await wait_until(intended, config.spin_ns)
-            task = asyncio.get_running_loop().create_task(
-                self._call(calls[k % len(calls)], intended, slots))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        self.measurement.begin(start)
+        log = self.measurement.log
+        roller = asyncio.get_running_loop().create_task(roll_periodically(log)) if log else None
+        try:
+            if not config.schedule.is_open_loop:
+                await self._closed_loops(calls, slots, start)
+                return
+            for k, offset in enumerate(instants(config.schedule)):
+                intended = start + offset
+                await wait_until(intended, config.spin_ns)
+                task = asyncio.get_running_loop().create_task(
+                    self._call(calls[k % len(calls)], intended, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            if roller is not None:
+                roller.cancel()
 
     async def _closed_loops(self, calls, slots, start):
         # Each loop calls again when its previous call has ended and the think time passed;
@@ -232,6 +239,7 @@ class GrpcClient:
             m.record("schedule_lag_ms", (sent - intended) // 1000)
 
 
-def run_grpc(config):
-    """Runs ``config`` on a fresh asyncio event loop; returns the Measurement."""
-    return asyncio.run(GrpcClient(config).run())
+def run_grpc(config, log=None):
+    """Runs ``config`` on a fresh asyncio event loop, writing intervals to ``log`` (an
+    IntervalLog) if given; returns the Measurement."""
+    return asyncio.run(GrpcClient(config, log).run())

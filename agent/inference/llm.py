@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import httptools
 import uvloop
 
+from loadgate.agent.inference.interval_log import roll_periodically
 from loadgate.agent.inference.llm_request import Endpoint
 from loadgate.agent.inference.metrics import Measurement
 from loadgate.agent.inference.pacing import (
@@ -189,11 +190,12 @@ class _Connection(asyncio.Protocol):
 class LlmClient:
     """Runs one schedule against one endpoint; ``run`` returns the Measurement."""
 
-    def __init__(self, config):
+    def __init__(self, config, log=None):
         self.config = config
         self.endpoint = Endpoint.parse(config.url)
         self.payloads = config.request.encode_all(self.endpoint)
-        self.measurement = Measurement("llm", config.url, config.schedule, METRICS, LlmOutcome)
+        self.measurement = Measurement("llm", config.url, config.schedule, METRICS, LlmOutcome,
+                                       log)
         self.timeout_ns = int(config.timeout_s * 1e9)
         self.ssl = ssl.create_default_context() if self.endpoint.tls else None
         self.idle = []
@@ -208,8 +210,10 @@ class LlmClient:
         loop = asyncio.get_running_loop()
         self.settled = asyncio.Event()
         start = time.monotonic_ns() + LEAD_NS
-        self.measurement.started_ns = start
-        sweeper = loop.create_task(self._sweep())
+        self.measurement.begin(start)
+        background = [loop.create_task(self._sweep())]
+        if self.measurement.log is not None:
+            background.append(loop.create_task(roll_periodically(self.measurement.log)))
         try:
             if self.config.schedule.is_open_loop:
                 for k, offset in enumerate(instants(self.config.schedule)):
@@ -220,11 +224,12 @@ class LlmClient:
                 await self._closed_loops(start)
             await self._drain()
         finally:
-            sweeper.cancel()
+            for task in background:
+                task.cancel()
             for conn in list(self.idle) + list(self.busy):
                 conn.close()
         measurement = self.measurement
-        measurement.ended_ns = self.last_completion or time.monotonic_ns()
+        measurement.end(self.last_completion or time.monotonic_ns())
         measurement.figures["output_tokens"] = self.output_tokens
         measurement.figures["output_tokens_per_s"] = self.output_tokens / measurement.elapsed_s
         return measurement
@@ -359,6 +364,7 @@ class LlmClient:
             self._settle()
 
 
-def run_llm(config):
-    """Runs ``config`` on a fresh uvloop event loop; returns the Measurement."""
-    return uvloop.run(LlmClient(config).run())
+def run_llm(config, log=None):
+    """Runs ``config`` on a fresh uvloop event loop, writing intervals to ``log`` (an
+    IntervalLog) if given; returns the Measurement."""
+    return uvloop.run(LlmClient(config, log).run())

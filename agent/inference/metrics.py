@@ -9,6 +9,7 @@ from averaging, and a gate whose percentile has too few samples behind it is INC
 import enum
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -127,7 +128,7 @@ class Measurement:
     target kind's outcome enum, whose ``is_success`` property says what counts as completed.
     """
 
-    def __init__(self, kind, target, schedule, metrics, outcome_enum):
+    def __init__(self, kind, target, schedule, metrics, outcome_enum, log=None):
         self.kind = kind
         self.target = target
         self.schedule = schedule
@@ -137,10 +138,26 @@ class Measurement:
         self.figures = {}
         self.started_ns = None
         self.ended_ns = None
+        self.log = log                  # an IntervalLog, or None
+
+    def begin(self, start_ns):
+        """The run's clock starts at ``start_ns`` (monotonic), and so does its first interval."""
+        self.started_ns = start_ns
+        if self.log is not None:
+            self.log.open(start_ns)
 
     def record(self, metric, value):
         """Records one value (µs or milli-units) into a named histogram; clamps, never raises."""
         self.histograms[metric].record_clamped(int(value))
+        if self.log is not None:
+            self.log.record(metric, int(value))
+
+    def end(self, last_completion_ns):
+        """The run is over: throughput counts up to ``last_completion_ns``; the last interval
+        closes now."""
+        self.ended_ns = last_completion_ns
+        if self.log is not None:
+            self.log.roll(max(time.monotonic_ns(), self.log.opened_ns))
 
     def count(self, outcome, n=1):
         self.outcomes[outcome] += n

@@ -154,8 +154,9 @@ def closed_loop_offsets(schedule, start_ns):
         offset = time.monotonic_ns() - start_ns + think
 
 
-def run_torch(config):
-    """Runs the model through the schedule; returns the Measurement."""
+def run_torch(config, log=None):
+    """Runs the model through the schedule, writing intervals to ``log`` (an IntervalLog) if
+    given; returns the Measurement."""
     torch = import_torch()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -168,7 +169,7 @@ def run_torch(config):
         if on_cuda:
             torch.cuda.synchronize(device)
 
-    measurement = Measurement("torch", config.model, config.schedule, METRICS, CallOutcome)
+    measurement = Measurement("torch", config.model, config.schedule, METRICS, CallOutcome, log)
     first_error = None
     with torch.inference_mode():
         for _ in range(config.warmup):
@@ -178,7 +179,7 @@ def run_torch(config):
             torch.cuda.reset_peak_memory_stats(device)
         start = time.monotonic_ns() + LEAD_NS
         deadline = start + int((config.schedule.duration_s + config.grace_s) * 1e9)
-        measurement.started_ns = start
+        measurement.begin(start)
         last_done = start
         schedule = config.schedule
         offsets = instants(schedule) if schedule.is_open_loop else \
@@ -198,13 +199,15 @@ def run_torch(config):
                 outcome = CallOutcome.ERROR
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
             done = time.monotonic_ns()
+            if log is not None and done >= log.due_ns:
+                log.roll(done)
             measurement.count(outcome)
             if outcome is CallOutcome.OK:
                 last_done = done
                 measurement.record("latency_ms", (done - intended) // 1000)
                 measurement.record("service_time_ms", (done - began) // 1000)
                 measurement.record("schedule_lag_ms", (began - intended) // 1000)
-    measurement.ended_ns = last_done
+    measurement.end(last_done)
     figures = measurement.figures
     figures.update(device=str(device), batch=config.batch, warmup=config.warmup,
                    torch_version=torch.__version__, threads=torch.get_num_threads(),
