@@ -4,6 +4,7 @@ API (names and labels come from ``loadgate.native.metric_names``; all ``loadgate
 ``loadgate_stage_state``, ``loadgate_canary_weight`` ...)::
 
     metrics = ControllerMetrics(registry=None, buckets=LATENCY_BUCKETS_SECONDS)
+    metrics.follow_run(run, deployment_id="")          # a runner.DistributedRun, from now on
     metrics.set_run(run_id, deployment_id)
     metrics.observe_interval(merged, interval_s=None)  # merge.MergedInterval, as handed out
     metrics.set_agent_up(agent_id, up)                 # False once an agent is declared lost
@@ -21,6 +22,7 @@ bucket, so the Prometheus buckets count every request of the run.
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from loadgate.controller.merge import Metric as HdrMetric
+from loadgate.controller.runner_session import AgentState
 from loadgate.native import metric_names as names
 
 _HISTOGRAMS = {
@@ -45,6 +47,19 @@ class ControllerMetrics:
         self.registry.register(self.store)
         self._stage_states = {}  # stage label -> state labels exported for it
         self._gate_outcomes = {}
+
+    def follow_run(self, run, deployment_id=""):
+        """Exports a DistributedRun as it goes: each merged interval it hands out, and, on
+        every scrape, which of its agents the controller still hears."""
+        self.set_run(run.run_id, deployment_id)
+        run.add_listener(self.observe_interval)
+
+        def agents_heard():
+            for session in run.sessions:
+                self.set_agent_up(session.agent_id,
+                                  session.state not in (AgentState.LOST, AgentState.FAULTY))
+
+        self.store.before_collect = agents_heard
 
     def set_run(self, run_id, deployment_id):
         self.store.clear(names.RUN_DEPLOYMENT)

@@ -1,5 +1,6 @@
 """AgentMetrics and ControllerMetrics: real reports in, a real HTTP scrape out."""
 import socket
+import threading
 import time
 import urllib.request
 
@@ -386,3 +387,59 @@ def test_metrics_served_on_ipv6_loopback():
         assert value(scrape(server), names.CANARY_WEIGHT.name) == 0.5
     finally:
         server.close()
+
+
+class _Scraper:
+    """Scrapes a /metrics endpoint on a thread until stopped, keeping one figure per scrape."""
+
+    def __init__(self, endpoint, figure):
+        self.endpoint = endpoint
+        self.figure = figure
+        self.seen = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(0.1):
+            self.seen.append(self.figure(scrape(self.endpoint)))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.slow
+def test_controller_metrics_move_during_a_distributed_run_and_match_its_summary(tmp_path):
+    from test_controller_run import definition, real_agents, real_target, run_to_end
+
+    from loadgate.controller.runner import DistributedRun
+
+    metrics = ControllerMetrics()
+    server = metrics.serve(0)
+    try:
+        with real_target() as (url, _), real_agents(2) as agents:
+            run = DistributedRun(definition(url, rate=300, duration_s=2.0, interval_s=0.25),
+                                 [a.address for a in agents], str(tmp_path / "run"))
+            metrics.follow_run(run, "pay-1")
+            with _Scraper(server, lambda s: metric_sum(s, names.RUN_REQUESTS.name)) as moving:
+                summary = run_to_end(run)
+            final = scrape(server)
+            agent_ids = [s.agent_id for s in run.sessions]
+    finally:
+        server.close()
+    assert summary["status"] == "completed"
+    assert moving.seen == sorted(moving.seen) and len(set(moving.seen)) >= 3
+    for label, count in summary["requests"]["by_outcome"].items():
+        assert metric_sum(final, names.RUN_REQUESTS.name, outcome=label) == count, label
+    completed = summary["load"]["completed"]
+    assert completed == 600
+    assert value(final, names.RUN_REQUEST_LATENCY.name + "_count", target="main") == \
+        summary["targets"]["main"]["latency_us"]["count"]
+    assert value(final, names.RUN_REQUESTS_INTENDED.name) == summary["load"]["intended"]
+    assert value(final, names.RUN_DEPLOYMENT.name, run_id=run.run_id, deployment="pay-1") == 1
+    for agent_id in agent_ids:
+        assert value(final, names.AGENT_UP.name, agent=agent_id) == 1
