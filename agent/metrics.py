@@ -10,7 +10,8 @@ API (names and labels come from ``loadgate.native.metric_names``)::
     server = metrics.serve(port, addr="127.0.0.1")   # MetricsServer: .port, .url, .close()
     metrics.registry                     # the prometheus_client CollectorRegistry
 
-    server = serve_metrics(service, addr, port, dcgm_names=False)
+    metrics.follow(service)              # catch up with an AgentService before each scrape
+    server = serve_metrics(service, addr, port, dcgm_names=False)   # both of the above
 
 ``serve_metrics`` exports a running agent without touching its load path: on every scrape it
 picks up the reports the service has published since the last scrape
