@@ -234,6 +234,29 @@ def test_dead_man_stops_load_when_the_controller_goes_quiet(target):
     assert (final.end_unix_ns - silent_since) / 1e9 > 1.0
 
 
+def test_killing_the_agent_stops_its_load(target):
+    agent = start_agent(["--workers", "1"])
+    try:
+        stub = agent.stub()
+        with Pinger(stub):
+            prepare_and_start(stub, "killed", run_spec(target + "/", 100, 60.0, interval_s=0.25))
+            stream_reports(stub, "killed", limit=2)
+            assert target_requests(target) > 0
+            agent.kill()
+    finally:
+        agent.stop()
+    # the engine's workers notice their parent is gone and stop at once
+    deadline = time.monotonic() + 10
+    settled = target_requests(target)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = target_requests(target)
+        if now == settled + 1:
+            break
+        settled = now
+    assert now == settled + 1, "requests kept arriving after the agent was killed"
+
+
 @pytest.mark.slow
 def test_a_saturated_agent_still_answers_ping(target):
     with start_agent(["--workers", "2", "--dead-man", "5s", "--max-rate", "0"]) as agent:

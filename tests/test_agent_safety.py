@@ -5,6 +5,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent_helpers import AGENT_COMMAND, run_spec, start_agent
 from loadgate.agent.safety import Allowlist, NotAllowed, is_loopback_listen, parse_allow_entry
 from loadgate.native.errors import ConfigError
-from loadgate.proto.loadgate.v1 import agent_pb2
+from loadgate.proto.loadgate.v1 import agent_pb2, common_pb2
 
 # Documentation addresses (RFC 5737): never routed, and never contacted by these tests
 # because the agent refuses them before anything is sent.
@@ -149,6 +150,26 @@ def test_calls_without_the_token_are_unauthenticated_and_change_nothing(token_ag
     with pytest.raises(grpc.RpcError) as info:
         stub.Stop(agent_pb2.StopRequest(run_id="sneaky"), metadata=GOOD, timeout=10)
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_unauthenticated_pings_do_not_keep_a_run_alive(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-for-tests")
+    with start_agent(["--token-file", token_file, "--dead-man", "1s"]) as agent:
+        stub = agent.stub()
+        spec = run_spec("http://127.0.0.1:9/", 10, 1.0)
+        stub.Prepare(agent_pb2.PrepareRequest(run_id="held", spec=spec), metadata=GOOD,
+                     timeout=30)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with pytest.raises(grpc.RpcError):
+                stub.Ping(agent_pb2.PingRequest(), timeout=5)
+            time.sleep(0.1)
+        # the dead-man switch fired despite the stream of unauthenticated pings
+        assert stub.Ping(agent_pb2.PingRequest(), metadata=GOOD, timeout=10).active_run_id == ""
+        final = list(stub.StreamReports(agent_pb2.StreamReportsRequest(run_id="held"),
+                                        metadata=GOOD, timeout=10))
+    assert [r.run_end for r in final] == [common_pb2.RUN_END_DEAD_MAN]
 
 
 def test_the_token_admits_calls_and_health_needs_none(token_agent):
