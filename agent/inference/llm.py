@@ -205,6 +205,7 @@ class LlmClient:
         self.open = 0
         self.output_tokens = 0
         self.last_completion = None
+        self.connects = set()           # connect tasks: the loop holds tasks only weakly
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -255,23 +256,33 @@ class LlmClient:
 
     async def _drain(self):
         # The sweeper ends every request within a timeout of sending (or of waiting), so this
-        # is bounded; the extra second covers the sweep period.
+        # is bounded; should it not be, what is left still gets its one outcome.
         while self.busy or self.waiting or self.connecting:
             self.settled.clear()
             try:
                 await asyncio.wait_for(self.settled.wait(), self.config.timeout_s + 1.0)
             except asyncio.TimeoutError:
                 break
+        now = time.monotonic_ns()
+        for conn in list(self.busy):
+            self.finish(conn, LlmOutcome.TIMEOUT, now)
+        while self.waiting:
+            self._count(self.waiting.popleft(), LlmOutcome.NOT_SENT, now)
 
     def _submit(self, request):
         if self.idle:
             self._start(self.idle.pop(), request)
             return
         self.waiting.append(request)
+        self._open_if_needed()
+
+    def _open_if_needed(self):
         if len(self.waiting) > self.connecting and \
                 self.open + self.connecting < self.config.max_connections:
             self.connecting += 1
-            asyncio.get_running_loop().create_task(self._connect())
+            task = asyncio.get_running_loop().create_task(self._connect())
+            self.connects.add(task)
+            task.add_done_callback(self.connects.discard)
 
     def _start(self, conn, request):
         self.busy.add(conn)
@@ -321,10 +332,7 @@ class LlmClient:
         self.open -= 1
         if conn in self.idle:
             self.idle.remove(conn)
-        if self.waiting and len(self.waiting) > self.connecting and \
-                self.open + self.connecting < self.config.max_connections:
-            self.connecting += 1
-            asyncio.get_running_loop().create_task(self._connect())
+        self._open_if_needed()
         self._settle()
 
     def _settle(self):
