@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_helpers import Pinger, run_spec, start_agent
-from loadgate.agent.metrics import AgentMetrics, serve_metrics
+from loadgate.agent.metrics import AgentMetrics
 from loadgate.controller.merge import AgentStream, HistogramLayout, IntervalMerger
 from loadgate.controller.metrics import ControllerMetrics
 from loadgate.native import metric_names as names
@@ -200,49 +200,6 @@ def test_undecodable_histogram_is_counted_not_raised(served):
     assert value(samples, names.REPORT_DECODE_ERRORS.name, target="main") == 1
     assert value(samples, names.REQUESTS.name, target="main", outcome="2xx") == 8
     assert value(samples, names.SERVICE_TIME.name + "_count", target="main") == len(LATENCIES_US)
-
-
-class _PublishedRun:
-    """What serve_metrics reads from an AgentService run: its reports, in seq order."""
-
-    def __init__(self):
-        self.reports = []
-
-    def reports_after(self, seq):
-        return list(self.reports[seq:])
-
-
-class _Telemetry:
-    def __init__(self):
-        self.sample = None
-
-    def latest(self):
-        return self.sample
-
-
-class _PublishingService:
-    def __init__(self):
-        self.runs = {}
-        self.telemetry = _Telemetry()
-
-
-def test_serve_metrics_follows_published_reports_on_each_scrape():
-    service = _PublishingService()
-    server = serve_metrics(service, "127.0.0.1", 0)
-    try:
-        assert not any(name == names.REQUESTS.name for name, _ in scrape(server))
-        run = service.runs["r"] = _PublishedRun()
-        run.reports.append(make_report(run_id="r", seq=1))
-        service.telemetry.sample = telemetry_sample()
-        samples = scrape(server)
-        assert value(samples, names.REQUESTS.name, target="main", outcome="2xx") == 8
-        assert value(samples, names.HOST_LOAD1.name) == 1.5
-        run.reports.append(make_report(run_id="r", seq=2, index=1))
-        scrape(server)
-        samples = scrape(server)
-        assert value(samples, names.REQUESTS.name, target="main", outcome="2xx") == 16
-    finally:
-        server.close()
 
 
 def test_controller_exports_the_exact_merge_of_two_agents(served):
