@@ -1,7 +1,7 @@
 """gRPC unary targets against a real KServe v2 server in its own process on 127.0.0.1.
 
 Run as a script, this file is that server: a grpc.aio GRPCInferenceService whose ModelInfer
-echoes its inputs as outputs.  The model name steers it: "missing" is NOT_FOUND, "slow"
+echoes its inputs as outputs (with TLS if given a ``loadgate certs`` directory).  The model name steers it: "missing" is NOT_FOUND, "slow"
 answers after 0.5 s, anything else answers at once.
 """
 import asyncio
@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from loadgate.agent.inference.grpc_target import (
     KSERVE_INFER, GrpcConfig, GrpcOutcome, load_payload, request_class, run_grpc, split_method,
 )
+from loadgate.controller.certs import CertFiles, init_certs
 from loadgate.native.errors import ConfigError, EngineError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ClosedLoop, ConstantRate
@@ -40,10 +41,16 @@ class EchoInference(kserve_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def _serve():
+async def _serve(cert_dir=None):
     server = grpc.aio.server()
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(EchoInference(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if cert_dir:
+        files = CertFiles(cert_dir)
+        with open(files.agent_key, "rb") as key, open(files.agent_cert, "rb") as cert:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
     # Stops when the test closes our stdin (or dies), so no server outlives its test.
@@ -51,15 +58,24 @@ async def _serve():
     await server.stop(0)
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE,
+def _start_server(*args):
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     port = proc.stdout.readline().strip()
     assert port.isdigit(), "the KServe test server did not start"
-    yield f"127.0.0.1:{port}"
+    return proc, f"127.0.0.1:{port}"
+
+
+def _stop_server(proc):
     proc.stdin.close()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, address = _start_server()
+    yield address
+    _stop_server(proc)
 
 
 def _request(model="echo"):
@@ -113,6 +129,17 @@ def test_closed_loop_calls_again_when_the_last_call_ended(server):
     m = run_grpc(GrpcConfig(server, KSERVE_INFER, _request("slow").SerializeToString(),
                             ClosedLoop(2, 0.7)))
     assert m.outcomes == {GrpcOutcome.OK: 4}
+
+
+def test_tls_with_a_private_ca(tmp_path):
+    files = init_certs(str(tmp_path / "certs"))
+    proc, address = _start_server(files.directory)
+    try:
+        m = _run(address, _request().SerializeToString(), duration=0.1, tls=True,
+                 ca_file=files.ca)
+        assert m.outcomes == {GrpcOutcome.OK: 5}
+    finally:
+        _stop_server(proc)
 
 
 def test_unreachable_address_is_an_engine_error():
@@ -176,4 +203,4 @@ def test_cli_with_a_json_payload(server, tmp_path):
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
+    asyncio.run(_serve(*sys.argv[1:]))

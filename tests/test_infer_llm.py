@@ -6,6 +6,7 @@ which writes exactly the bytes each case needs.
 """
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
 from loadgate.agent.inference.llm import LlmConfig, LlmOutcome, run_llm
+from loadgate.controller.certs import init_certs
 from loadgate.agent.inference.llm_request import Endpoint, LlmRequestSpec, load_prompts
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import ClosedLoop, ConstantRate
@@ -151,9 +153,10 @@ ANSWERS = {
 
 
 class ScriptedServer:
-    """A loopback HTTP/1.1 server on its own thread and event loop."""
+    """A loopback HTTP/1.1 server (or HTTPS, given an SSLContext) on its own thread and loop."""
 
-    def __init__(self):
+    def __init__(self, ssl_context=None):
+        self.ssl_context = ssl_context
         self.bodies = []
         self.connections = 0
         self.ready = threading.Event()
@@ -170,7 +173,8 @@ class ScriptedServer:
         self.loop.close()
 
     async def _start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
+                                                 ssl=self.ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _close(self):
@@ -282,6 +286,22 @@ def test_hanging_requests_time_out_and_queued_ones_are_not_sent(scripted):
     assert m.outcomes[LlmOutcome.NOT_SENT] >= 1
     assert sum(m.outcomes.values()) == 8
     assert set(m.outcomes) == {LlmOutcome.TIMEOUT, LlmOutcome.NOT_SENT}
+
+
+def test_https_with_a_private_ca(tmp_path):
+    files = init_certs(str(tmp_path / "certs"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.agent_cert, files.agent_key)
+    server = ScriptedServer(context)
+    try:
+        url = f"https://127.0.0.1:{server.port}/v1/chat/completions"
+        m = _run(url, rate=20, duration=0.1, model="usage", ca_file=files.ca)
+        assert m.outcomes == {LlmOutcome.OK: 2}
+        # Without the private CA the server's certificate is not trusted.
+        m = _run(url, rate=20, duration=0.1, model="usage")
+        assert m.outcomes == {LlmOutcome.CONNECT_ERROR: 2}
+    finally:
+        server.stop()
 
 
 def test_unreachable_endpoint_is_connect_error():

@@ -141,14 +141,16 @@ def run_llm_command(args):
     headers = [parse_header(h) for h in args.header]
     if args.api_key_env:
         headers.append(api_key_header(args.api_key_env))
-    spec = LlmRequestSpec(args.model, prompts, args.max_tokens, not args.no_usage, tuple(headers))
+    spec = LlmRequestSpec(args.model, prompts, max_tokens=args.max_tokens,
+                          include_usage=not args.no_usage, headers=tuple(headers))
     gates = list(args.gate)
     if args.ttft_limit_ms is not None:
         gates.append(f"ttft_ms:p{args.gate_percentile:g}<={args.ttft_limit_ms:g}")
     if args.tpot_limit_ms is not None:
         gates.append(f"tpot_ms:p{args.gate_percentile:g}<={args.tpot_limit_ms:g}")
-    config = LlmConfig(args.url, _schedule(args), spec, args.timeout, args.max_connections,
-                       _spin_ns(args))
+    config = LlmConfig(args.url, _schedule(args), spec, timeout_s=args.timeout,
+                       max_connections=args.max_connections, spin_ns=_spin_ns(args),
+                       ca_file=args.cacert)
     with _interval_log(args, METRICS) as log:
         measurement = run_llm(config, log)
     return _finish(args, measurement, gates)
@@ -160,8 +162,9 @@ def run_torch_command(args):
     )
 
     shapes = tuple(parse_shape(s) for s in (args.input_shape or ["1,3,224,224"]))
-    config = TorchConfig(args.model, _schedule(args), shapes, args.batch, args.dtype,
-                         args.device, args.warmup, args.threads, args.grace)
+    config = TorchConfig(args.model, _schedule(args), input_shapes=shapes, batch=args.batch,
+                         dtype=args.dtype, device=args.device, warmup=args.warmup,
+                         threads=args.threads, grace_s=args.grace)
     with _interval_log(args, METRICS) as log:
         measurement = run_torch(config, log)
     return _finish(args, measurement, args.gate)
@@ -175,8 +178,11 @@ def run_grpc_command(args):
 
     payload = load_payload(args.payload, args.method, args.payload_format, args.proto_module)
     metadata = tuple((k.lower(), v) for k, v in (parse_header(m) for m in args.metadata))
-    config = GrpcConfig(args.address, args.method, payload, _schedule(args), args.timeout,
-                        args.max_in_flight, args.channels, metadata, args.tls, _spin_ns(args))
+    config = GrpcConfig(args.address, args.method, payload, _schedule(args),
+                        timeout_s=args.timeout, max_in_flight=args.max_in_flight,
+                        channels=args.channels, metadata=metadata,
+                        tls=args.tls or bool(args.cacert), ca_file=args.cacert,
+                        spin_ns=_spin_ns(args))
     with _interval_log(args, METRICS) as log:
         measurement = run_grpc(config, log)
     return _finish(args, measurement, args.gate)
@@ -202,6 +208,7 @@ def register(subparsers):
     llm.add_argument("--timeout", type=_positive_float, default=60.0,
                      help="seconds a request may take after sending (default %(default)s)")
     llm.add_argument("--max-connections", type=int, default=256)
+    llm.add_argument("--cacert", metavar="FILE", help="CA bundle for https (default: system)")
     llm.add_argument("--ttft-limit-ms", type=float, help="gate on time to first token")
     llm.add_argument("--tpot-limit-ms", type=float, help="gate on time per output token")
     llm.add_argument("--gate-percentile", type=float, default=99.0,
@@ -236,6 +243,7 @@ def register(subparsers):
     grpc.add_argument("--max-in-flight", type=int, default=1024)
     grpc.add_argument("--channels", type=int, default=1, help="HTTP/2 connections")
     grpc.add_argument("--tls", action="store_true")
+    grpc.add_argument("--cacert", metavar="FILE", help="root certificates for TLS (implies --tls)")
     _add_common(grpc)
     grpc.set_defaults(func=run_grpc_command)
 

@@ -67,6 +67,7 @@ class LlmConfig:
     timeout_s: float = 60.0
     max_connections: int = 256
     spin_ns: int = SPIN_NS          # see pacing.wait_until: CPU spent for sub-ms send times
+    ca_file: str = None             # CA bundle for https (default: the system's)
 
     def __post_init__(self):
         if not self.timeout_s > 0:
@@ -197,7 +198,12 @@ class LlmClient:
         self.measurement = Measurement("llm", config.url, config.schedule, METRICS, LlmOutcome,
                                        log)
         self.timeout_ns = int(config.timeout_s * 1e9)
-        self.ssl = ssl.create_default_context() if self.endpoint.tls else None
+        self.ssl = None
+        if self.endpoint.tls:
+            try:
+                self.ssl = ssl.create_default_context(cafile=config.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot use CA file {config.ca_file!r}: {exc}") from None
         self.idle = []
         self.busy = set()
         self.waiting = deque()
