@@ -64,6 +64,7 @@ class AgentRun:
         self._reports = []
         self._changed = asyncio.Event()
         self._stop_requested_at = None
+        self._telemetry_from = 0
         self._pump = threading.Thread(target=self._pump_reports, daemon=True,
                                       name=f"loadgate-run-{run_id}")
 
@@ -76,6 +77,7 @@ class AgentRun:
                 return False
             self.state = RunState.RUNNING
             self.start_unix_ns = start_unix_ns
+            self._telemetry_from = start_unix_ns
         self.load_run.start(start_at_ns=start_unix_ns)
         self._pump.start()
         return True
@@ -166,7 +168,10 @@ class AgentRun:
                     continue
                 telemetry = ()
                 if self._telemetry is not None:
-                    telemetry = self._telemetry.between(snapshot.start_ns, snapshot.end_ns)
+                    # Workers' interval bounds may overlap by a little; each sample goes to
+                    # exactly one report.
+                    telemetry = self._telemetry.between(self._telemetry_from, snapshot.end_ns)
+                    self._telemetry_from = max(self._telemetry_from, snapshot.end_ns)
                 report = interval_report(snapshot, self.run_id, self.agent_id, 0, self.workers,
                                          telemetry)
                 if snapshot.final:

@@ -181,7 +181,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         for target in spec.targets:
             self.options.allowlist.check_url(target.url)
         self._check_rate(peak_rate(spec.schedule))
-        workers = spec.workers or self.workers
+        workers = min(spec.workers or self.workers, self.workers)  # never more than its own
         schedule = schedule_of(spec.schedule)
         scratch_dir = tempfile.mkdtemp(prefix="loadgate-agent-")
         try:

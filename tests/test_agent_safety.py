@@ -256,6 +256,24 @@ def test_mtls_refuses_clients_without_a_certificate_or_from_another_ca(tls_agent
         agent.stub().Ping(agent_pb2.PingRequest(), timeout=10)  # plaintext
 
 
+def test_certificates_from_loadgate_certs_init_work_with_token_on_top(tmp_path):
+    from loadgate.controller.certs import CertFiles, grpc_channel_credentials, init_certs
+
+    files = init_certs(str(tmp_path / "certs"))
+    assert isinstance(files, CertFiles)
+    args = ["--tls-cert", files.agent_cert, "--tls-key", files.agent_key, "--tls-ca", files.ca,
+            "--token-file", files.token]
+    token = open(files.token).read().strip()
+    with start_agent(args) as agent:
+        stub = agent.stub(grpc_channel_credentials(files.directory))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Ping(agent_pb2.PingRequest(), timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.Ping(agent_pb2.PingRequest(controller_unix_ns=3), timeout=10,
+                          metadata=(("authorization", f"Bearer {token}"),))
+        assert reply.controller_unix_ns == 3
+
+
 # -- targets and caps ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
