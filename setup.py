@@ -46,7 +46,14 @@ def extensions():
             include_dirs=["native", numpy.get_include()],
             extra_compile_args=["-O3", "-Wno-unused-function"],
         ))
-    return cythonize(modules, language_level=3, include_path=["native"],
+    # Cython finds a cimported module's .pxd by its package path, loadgate/native/..., which
+    # the source tree spells native/: a link in the build folder supplies that path.
+    include = os.path.join(HERE, ".proto_build", "cython-include")
+    link = os.path.join(include, "loadgate", "native")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.islink(link):
+        os.symlink(os.path.join(HERE, "native"), link)
+    return cythonize(modules, language_level=3, include_path=[include, "native"],
                      compiler_directives={"boundscheck": False, "wraparound": False})
 
 
