@@ -6,7 +6,8 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from loadgate.agent.inference.metrics import (
-    Comparison, Gate, GateVerdict, Measurement, json_ready, overall_verdict, samples_needed,
+    Comparison, Gate, GateVerdict, Measurement, json_ready, overall_verdict, parse_gates,
+    samples_needed,
 )
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import ConstantRate
@@ -83,6 +84,16 @@ def test_a_gate_on_an_unknown_metric_is_a_config_error():
         _measurement([1000]).to_dict([Gate.parse("ttft_ms:p50<=1")])
     with pytest.raises(ConfigError):
         _measurement([1000]).to_dict([Gate.parse("nothing<=1")])
+
+
+def test_gates_are_checked_against_what_the_run_measures_before_it_runs():
+    gates = parse_gates(["ttft_ms:p99<=2000", "error_rate<=0.01", "tokens_out<=5"],
+                        ("ttft_ms",), ("tokens_out",))
+    assert [g.metric for g in gates] == ["ttft_ms", "error_rate", "tokens_out"]
+    with pytest.raises(ConfigError, match="no metric 'ttft'"):
+        parse_gates(["ttft:p99<=2000"], ("ttft_ms",))
+    with pytest.raises(ConfigError, match="no figure"):
+        parse_gates(["ttft_ms<=2000"], ("ttft_ms",))
 
 
 def test_overall_verdict_order():

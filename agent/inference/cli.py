@@ -15,7 +15,7 @@ import contextlib
 import json
 import sys
 
-from loadgate.agent.inference.metrics import Gate, GateVerdict, json_ready
+from loadgate.agent.inference.metrics import GateVerdict, json_ready, parse_gates
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import make_schedule
 from loadgate.native.target import parse_duration
@@ -95,7 +95,7 @@ def _spin_ns(args):
 
 
 def _finish(args, measurement, gates):
-    result = measurement.to_dict([Gate.parse(g) for g in gates])
+    result = measurement.to_dict(gates)
     if args.json:
         try:
             with open(args.json, "w", encoding="utf-8") as handle:
@@ -110,7 +110,8 @@ def _finish(args, measurement, gates):
     return EXIT_CODES[GateVerdict(result["verdict"])]
 
 
-def _print_summary(result, out=sys.stdout):
+def _print_summary(result, out=None):
+    out = out or sys.stdout
     requests = result["requests"]
     print(f"{result['kind']} {result['target']}: {requests['completed']}/{requests['scheduled']}"
           f" completed, {result['figures']['requests_per_s']:.1f}/s", file=out)
@@ -130,7 +131,7 @@ def _print_summary(result, out=sys.stdout):
 
 
 def run_llm_command(args):
-    from loadgate.agent.inference.llm import METRICS, LlmConfig, run_llm
+    from loadgate.agent.inference.llm import FIGURES, METRICS, LlmConfig, run_llm
     from loadgate.agent.inference.llm_request import (
         LlmRequestSpec, api_key_header, load_prompts, parse_header,
     )
@@ -148,6 +149,7 @@ def run_llm_command(args):
         gates.append(f"ttft_ms:p{args.gate_percentile:g}<={args.ttft_limit_ms:g}")
     if args.tpot_limit_ms is not None:
         gates.append(f"tpot_ms:p{args.gate_percentile:g}<={args.tpot_limit_ms:g}")
+    gates = parse_gates(gates, METRICS, FIGURES)
     config = LlmConfig(args.url, _schedule(args), spec, timeout_s=args.timeout,
                        max_connections=args.max_connections, spin_ns=_spin_ns(args),
                        ca_file=args.cacert)
@@ -158,22 +160,25 @@ def run_llm_command(args):
 
 def run_torch_command(args):
     from loadgate.agent.inference.torch_target import (
-        METRICS, TorchConfig, parse_shape, run_torch,
+        FIGURES, METRICS, TorchConfig, parse_shape, run_torch,
     )
 
+    gates = parse_gates(args.gate, METRICS, FIGURES)
     shapes = tuple(parse_shape(s) for s in (args.input_shape or ["1,3,224,224"]))
     config = TorchConfig(args.model, _schedule(args), input_shapes=shapes, batch=args.batch,
                          dtype=args.dtype, device=args.device, warmup=args.warmup,
                          threads=args.threads, grace_s=args.grace)
     with _interval_log(args, METRICS) as log:
         measurement = run_torch(config, log)
-    return _finish(args, measurement, args.gate)
+    return _finish(args, measurement, gates)
 
 
 def run_grpc_command(args):
     from loadgate.agent.inference.grpc_target import (
-        METRICS, GrpcConfig, load_payload, run_grpc,
+        FIGURES, METRICS, GrpcConfig, load_payload, run_grpc,
     )
+
+    gates = parse_gates(args.gate, METRICS, FIGURES)
     from loadgate.agent.inference.llm_request import parse_header
 
     payload = load_payload(args.payload, args.method, args.payload_format, args.proto_module)
@@ -185,7 +190,7 @@ def run_grpc_command(args):
                         spin_ns=_spin_ns(args))
     with _interval_log(args, METRICS) as log:
         measurement = run_grpc(config, log)
-    return _finish(args, measurement, args.gate)
+    return _finish(args, measurement, gates)
 
 
 def register(subparsers):

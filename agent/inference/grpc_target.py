@@ -25,6 +25,7 @@ from loadgate.agent.inference.pacing import (
 from loadgate.native.errors import ConfigError, EngineError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")
+FIGURES = ("response_bytes",)
 KSERVE_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 

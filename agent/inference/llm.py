@@ -35,6 +35,7 @@ from loadgate.native.errors import ConfigError
 SWEEP_S = 0.05
 METRICS = ("ttft_ms", "itl_ms", "tpot_ms", "latency_ms", "service_time_ms", "schedule_lag_ms",
            "tokens_per_s")
+FIGURES = ("output_tokens", "output_tokens_per_s")
 
 
 class LlmOutcome(enum.Enum):

@@ -100,6 +100,23 @@ class Gate:
                 "verdict": verdict.value}
 
 
+# Scalar figures every result has; each target kind adds its own (its module's FIGURES).
+COMMON_FIGURES = ("requests_per_s", "error_rate", "elapsed_s")
+
+
+def parse_gates(texts, metrics, figures=()):
+    """Gates from their text, checked against what a run of this kind will measure, so a
+    typo fails before the run rather than after it."""
+    gates = [Gate.parse(text) for text in texts]
+    for gate in gates:
+        known = metrics if gate.percentile is not None else COMMON_FIGURES + tuple(figures)
+        if gate.metric not in known:
+            kind = "metric" if gate.percentile is not None else "figure"
+            raise ConfigError(f"gate {gate}: no {kind} {gate.metric!r} here "
+                              f"(one of {', '.join(known)})")
+    return gates
+
+
 def overall_verdict(judged):
     """FAIL if any gate failed, else INCONCLUSIVE if any lacked evidence, else PASS."""
     verdicts = {GateVerdict(g["verdict"]) for g in judged}

@@ -21,6 +21,7 @@ from loadgate.agent.inference.pacing import LEAD_NS, instants, sleep_until
 from loadgate.native.errors import ConfigError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")
+FIGURES = ("samples_per_s", "peak_gpu_memory_bytes")
 _INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8"}
 
 
