@@ -104,7 +104,7 @@ def defaults_for(plan):
                           "saturation <80%", Tighter.LOWER),
                   Default("gates.saturation.gpu_memory", 90.0, "seed: GPUOutOfMemory alert "
                           "at GPU memory usage > 90%", Tighter.LOWER)]
-    if _has_pair(plan) and d.risk is not Risk.LOW:
+    if _has_pair(plan) and (d.risk is not Risk.LOW or plan.gates.relative is not None):
         found += [Default("gates.relative.test", RelativeTest.MANN_WHITNEY.value, "canary vs "
                           "baseline on the full latency distributions, not averages",
                           Tighter.EITHER),

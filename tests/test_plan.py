@@ -252,3 +252,13 @@ def test_the_load_plan_gives_its_arrival_schedule():
                                     "[{rate: 10, duration: 5s}, {rate: 20, duration: 2s}]\n"),
                        "s.yaml").load.schedule()
     assert steps.total_count() == 10 * 5 + 20 * 2
+
+
+def test_a_low_risk_plan_that_asks_for_relative_gates_gets_their_defaults():
+    from loadgate.controller.classify import classify
+    from loadgate.controller.plan_model import RelativeTest
+    low = GOOD.replace("risk: MEDIUM", "risk: LOW")
+    assert classify(parse_plan(low, "l.yaml")).plan.gates.relative is None
+    asked = classify(parse_plan(low + "gates:\n  relative: {test: ks}\n", "l.yaml")).plan
+    assert asked.gates.relative.test is RelativeTest.KS
+    assert asked.gates.relative.ratios == ((99.0, 1.2),) and asked.gates.relative.alpha == 1.0
