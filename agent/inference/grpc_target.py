@@ -228,8 +228,11 @@ class GrpcClient:
     async def _call(self, call, intended, slots):
         config = self.config
         try:
-            await asyncio.wait_for(slots.acquire(), config.timeout_s)
-        except asyncio.TimeoutError:
+            # asyncio.timeout cancels the acquire itself, which gives a permit granted at the
+            # last moment back; wait_for in 3.11 could leak it.
+            async with asyncio.timeout(config.timeout_s):
+                await slots.acquire()
+        except TimeoutError:
             self.measurement.count(GrpcOutcome.NOT_SENT)
             return
         try:
