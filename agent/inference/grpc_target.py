@@ -19,9 +19,7 @@ from google.protobuf.message import DecodeError
 
 from loadgate.agent.inference.interval_log import roll_periodically
 from loadgate.agent.inference.metrics import Measurement
-from loadgate.agent.inference.pacing import (
-    LEAD_NS, SPIN_NS, instants, wait_until,
-)
+from loadgate.agent.inference.pacing import LEAD_NS, SPIN_NS, instants, wait_until
 from loadgate.native.errors import ConfigError, EngineError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")

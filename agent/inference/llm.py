@@ -26,9 +26,7 @@ import uvloop
 from loadgate.agent.inference.interval_log import roll_periodically
 from loadgate.agent.inference.llm_request import Endpoint
 from loadgate.agent.inference.metrics import Measurement
-from loadgate.agent.inference.pacing import (
-    LEAD_NS, SPIN_NS, instants, wait_until,
-)
+from loadgate.agent.inference.pacing import LEAD_NS, SPIN_NS, instants, wait_until
 from loadgate.agent.inference.sse import ChunkKind, SseDecoder, read_chunk
 from loadgate.native.errors import ConfigError
 
