@@ -26,6 +26,20 @@ class RecordKind(enum.Enum):
     PLAN = "plan"              # the plan the run executes (canonical dict)
 
 
+class StepPhase(enum.Enum):
+    """What a ``step`` record closes: a judged window, a wait, or a rollout step."""
+
+    NETWORK = "network"          # RTT gates of the Infrastructure stage
+    SMOKE = "smoke"              # the short low-rate window before the performance test
+    PERFORMANCE = "performance"  # the performance window's gates
+    EVALUATION = "evaluation"    # a window's combined gate status changed
+    APPROVAL = "approval"        # the rollout waits for a recorded approval
+    CANARY = "canary"            # one canary weight judged
+    ROLLING = "rolling"          # one batch of instances judged
+    SWITCH = "switch"            # a blue-green or big-bang switch judged
+    POST_DEPLOY = "post_deploy"  # the post-deploy monitoring window judged
+
+
 class JournalError(InfrastructureError):
     """A journal that cannot be written or read back."""
 

@@ -6,6 +6,8 @@ gate yields a single errored case so the report is never empty.
 """
 import xml.etree.ElementTree as ET
 
+from loadgate.controller.gates import GateStatus
+
 
 def render(verdict):
     """The JUnit XML text of a Verdict."""
@@ -22,10 +24,10 @@ def render(verdict):
                              name=gate.name)
         text = (f"measured {gate.measured} {gate.unit}, threshold {gate.threshold} "
                 f"{gate.unit}, samples {gate.samples}, window {gate.window}")
-        if gate.status.value == "FAIL":
+        if gate.status is GateStatus.FAIL:
             failures += 1
             ET.SubElement(case, "failure", message=gate.reason, type="FAIL").text = text
-        elif gate.status.value == "INCONCLUSIVE":
+        elif gate.status is GateStatus.INCONCLUSIVE:
             errors += 1
             ET.SubElement(case, "error", message=gate.reason, type="inconclusive").text = text
         ET.SubElement(case, "system-out").text = gate.reason

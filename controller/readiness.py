@@ -35,7 +35,8 @@ import time
 from loadgate.controller import verdict as verdict_module
 from loadgate.controller.classify import classify, rollout_node, stage_graph
 from loadgate.controller.gates import GateResult, combine
-from loadgate.controller.journal import FileJournal, JournalError, RecordKind, read_journal
+from loadgate.controller.journal import (
+    FileJournal, JournalError, RecordKind, StepPhase, read_journal)
 from loadgate.controller.plan import Plan
 from loadgate.controller.plan_model import Environment
 from loadgate.controller.plan_units import format_duration
@@ -230,7 +231,7 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         return False
 
     def _record_step(self, phase, window, results, measurement=None, **extra):
-        record = {"kind": RecordKind.STEP.value, "time": self.clock(), "phase": phase,
+        record = {"kind": RecordKind.STEP.value, "time": self.clock(), "phase": phase.value,
                   "window": window, "status": combine(results).value,
                   "gates": [r.to_dict() for r in results], **extra}
         if measurement is not None:
@@ -259,7 +260,8 @@ class Readiness(PreDeploymentStages, RolloutMixin):
             if self.classification.approval_required and self.approval is None:
                 self.status = RunStatus.WAITING
                 self.journal.append({"kind": RecordKind.STEP.value, "time": self.clock(),
-                                     "phase": "approval", "window": None, "status": "WAITING",
+                                     "phase": StepPhase.APPROVAL.value, "window": None,
+                                     "status": RunStatus.WAITING.value,
                                      "node": rollout.key, "reason": "manual approval required"
                                      f" ({_approval_reason(self.classification)})"})
                 while self.approval is None:

@@ -16,7 +16,7 @@ import datetime
 import math
 
 from loadgate.controller.gates import GateStatus, combine, evaluate
-from loadgate.controller.journal import RecordKind
+from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
 from loadgate.controller.plan_units import format_duration, format_percent
 from loadgate.controller.plan_types import GatesPlan
@@ -49,7 +49,7 @@ class RolloutMixin:
             status = combine(results)
             if status is not last:
                 self.journal.append({
-                    "kind": RecordKind.STEP.value, "time": self.clock(), "phase": "evaluation",
+                    "kind": RecordKind.STEP.value, "time": self.clock(), "phase": StepPhase.EVALUATION.value,
                     "window": window, "status": status.value, "elapsed": elapsed,
                     "samples": {name: t.latency.total_count
                                 for name, t in measurement.targets.items()}})
@@ -59,7 +59,7 @@ class RolloutMixin:
                 return status, results, measurement
 
     def _finished_steps(self, phase):
-        return {s["index"] for s in self.steps if s.get("phase") == phase and
+        return {s["index"] for s in self.steps if s.get("phase") == phase.value and
                 s.get("status") == GateStatus.PASS.value}
 
     def _hook(self, name, hook, **values):
@@ -94,7 +94,7 @@ class RolloutMixin:
 
     def _canary(self, node):
         canary = self.plan.canary
-        done = self._finished_steps("canary")
+        done = self._finished_steps(StepPhase.CANARY)
         for index, percent in enumerate(canary.steps):
             if index in done:
                 continue
@@ -114,7 +114,7 @@ class RolloutMixin:
             status, results, measurement = yield from self.judge_window(
                 label, weights, self.plan.load.rate, canary.hold_s, canary.max_hold_s,
                 self._judged(weights), self.pair(weights))
-            self._record_step("canary", label, results, measurement, index=index,
+            self._record_step(StepPhase.CANARY, label, results, measurement, index=index,
                               weight=percent)
             if status is GateStatus.FAIL:
                 return self.roll_back(f"{label} failed: {failed_reasons(results)}", evidence)
@@ -153,12 +153,12 @@ class RolloutMixin:
         if not verified.ok:
             return self.roll_back(f"verify_switch hook failed ({verified.status})", {})
         return (yield from self._verify_window(node, "after the switch", {"switch": "done"},
-                                               "switch", index=0))
+                                               StepPhase.SWITCH, index=0))
 
     def _rolling(self, node):
         rolling = self.plan.rolling
         batches = math.ceil(rolling.instances / rolling.batch_size)
-        done = self._finished_steps("rolling")
+        done = self._finished_steps(StepPhase.ROLLING)
         for index in range(batches):
             if index in done:
                 continue
@@ -174,7 +174,7 @@ class RolloutMixin:
                 return self.roll_back(f"instance_step hook failed ({stepped.status})",
                                       evidence)
             label = f"rolling batch {index + 1}/{batches} ({updated}/{rolling.instances})"
-            if not (yield from self._verify_window(node, label, evidence, "rolling",
+            if not (yield from self._verify_window(node, label, evidence, StepPhase.ROLLING,
                                                    index=index)):
                 return False
         return True
@@ -192,7 +192,7 @@ class RolloutMixin:
             return False
         return (yield from self._verify_window(node, "after the big-bang switch",
                                                {"window": [window.start, window.end]},
-                                               "switch", index=0))
+                                               StepPhase.SWITCH, index=0))
 
     def post_deploy(self, node, rollout):
         """Generator: watches the deployed version for the post-deploy window."""
@@ -207,7 +207,7 @@ class RolloutMixin:
         status, results, measurement = yield from self.judge_window(
             "post-deploy", weights, self.plan.load.rate, seconds, seconds,
             self._judged(weights), (None, None))
-        self._record_step("post_deploy", "post-deploy", results, measurement)
+        self._record_step(StepPhase.POST_DEPLOY, "post-deploy", results, measurement)
         if status is GateStatus.FAIL:
             return self.roll_back(f"post-deploy monitoring failed: {failed_reasons(results)}", {})
         if status is GateStatus.INCONCLUSIVE:

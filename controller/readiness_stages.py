@@ -7,6 +7,7 @@ import os
 
 from loadgate.controller import verdict as verdict_module
 from loadgate.controller.gates import GateStatus, combine, latency_gate
+from loadgate.controller.journal import StepPhase
 from loadgate.controller.plan_model import Environment, TargetRole
 from loadgate.controller.plan_units import format_duration
 from loadgate.controller.readiness_checks import (
@@ -62,7 +63,7 @@ class PreDeploymentStages:
         confidence = self.plan.gates.confidence / 100.0
         results = [latency_gate(f"{t.name}.rtt.p95", rtt[t.name], 95.0, limit, confidence,
                                 "network") for t in self.plan.targets]
-        self._record_step("network", "network", results)
+        self._record_step(StepPhase.NETWORK, "network", results)
         status = combine(results)
         reason = "; ".join(f"{r.name}: {r.reason}" for r in results)
         if status is GateStatus.FAIL:
@@ -112,7 +113,7 @@ class PreDeploymentStages:
             status, results, measurement = yield from self.judge_window(
                 "performance", weights, load.rate, load.duration_s, load.duration_s, judged,
                 self.pair(weights))
-            self._record_step("performance", "performance", results, measurement)
+            self._record_step(StepPhase.PERFORMANCE, "performance", results, measurement)
         results = self.windows["performance"]
         groups = ((latency, ".latency.", State.PROVERENO),
                   (Node(Stage.PERFORMANCE, SubStage.THROUGHPUT), ("throughput.", ".error_rate"),

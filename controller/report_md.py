@@ -4,6 +4,9 @@ Rendered from a Verdict (verdict.py) alone, so a report can be regenerated from 
 """
 import datetime
 
+from loadgate.controller.journal import StepPhase
+from loadgate.controller.states import State
+
 SEED_NAMES = {
     "FEATURE": "xin gong-neng", "HOTFIX": "jin-ji xiu-fu", "ROLLBACK": "hui-gun",
     "CONFIG": "pei-zhi", "MIGRATION": "qian-yi", "HIGH": "gao feng-xian",
@@ -40,18 +43,20 @@ def _status_lines(verdict):
         by_parent.setdefault(stage["parent"], []).append(stage)
     previous = None
     for stage in by_parent.get(None, []):
-        lines.append(f"### {stage['title']} [{stage['state']}]")
+        state = State(stage["state"])
+        lines.append(f"### {stage['title']} {state.marker}")
         children = by_parent.get(stage["node"], [])
-        if stage["state"] == "OZHIDAET" and previous is not None and \
-                not previous["state"].startswith("SV:"):
+        if state is State.OZHIDAET and previous is not None and \
+                not State(previous["state"]).perfective:
             lines.append(f"- Blocked by: {previous['title']} [{previous['state']}]")
-        elif stage["state"] == "OZHIDAET" and all(c["state"] == "OZHIDAET" for c in children):
+        elif state is State.OZHIDAET and all(State(c["state"]) is State.OZHIDAET
+                                             for c in children):
             lines.append("- Waiting: prerequisites must be SV first")
         else:
             waiting_on = None
             for child in children:
                 lines.append(f"- {child['title']}: {_child_state(child, waiting_on)}")
-                if not child["state"].startswith("SV:"):
+                if not State(child["state"]).perfective:
                     waiting_on = waiting_on or child
         lines.append("")
         previous = stage
@@ -59,17 +64,18 @@ def _status_lines(verdict):
 
 
 def _child_state(child, waiting_on):
-    state = child["state"]
-    if state.startswith("SV:") and child.get("rolled_back"):
-        return f"[{state}] at {_time(child['since'])} (rolled back: [AVARIYA] → [OTKAT] → " \
-               f"previous [{state}])"
-    if state.startswith("SV:"):
-        return f"[{state}] at {_time(child['since'])}"
-    if state.startswith("NSV:"):
-        return f"[{state}] started {_time(child['since'])}"
-    if state == "OZHIDAET" and waiting_on is not None:
-        return f"[OZHIDAET] (blocked by {waiting_on['title'].lower()})"
-    return f"[{state}]" + (f" at {_time(child['since'])}" if child["since"] else "")
+    state = State(child["state"])
+    since = _time(child["since"])
+    if state.perfective and child.get("rolled_back"):
+        return f"{state.marker} at {since} (rolled back: {State.AVARIYA.marker} → " \
+               f"{State.OTKAT.marker} → previous {state.marker})"
+    if state.perfective:
+        return f"{state.marker} at {since}"
+    if state.imperfective:
+        return f"{state.marker} started {since}"
+    if state is State.OZHIDAET and waiting_on is not None:
+        return f"{state.marker} (blocked by {waiting_on['title'].lower()})"
+    return state.marker + (f" at {since}" if child["since"] else "")
 
 
 def _classification_lines(verdict):
@@ -110,7 +116,8 @@ def _gate_lines(verdict):
     if not verdict.gates:
         lines.append("| (no window was judged) | | | | | | |")
     lines.append("")
-    steps = [s for s in verdict.steps if s.get("phase") in ("canary", "rolling", "switch")]
+    rollout = {StepPhase.CANARY.value, StepPhase.ROLLING.value, StepPhase.SWITCH.value}
+    steps = [s for s in verdict.steps if s.get("phase") in rollout]
     if steps:
         lines += ["## Rollout Steps", "", "| step | status | at | requests |", "|---|---|---|---|"]
         for s in steps:

@@ -24,8 +24,11 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from loadgate.controller import junit, report_md
+from loadgate.controller.classify import Disposition
 from loadgate.controller.gates import GateResult, GateStatus
 from loadgate.controller.journal import RecordKind
+from loadgate.controller.plan_model import Environment
+from loadgate.controller.states import State
 from loadgate.native.errors import InfrastructureError
 
 SCHEMA_VERSION = 1
@@ -137,7 +140,8 @@ def build(run):
                     "environment": d.environment.value, "strategy": d.strategy.value,
                     "requested_by": d.requested_by, "description": d.description},
         classification=classification,
-        overrides=[c for c in classification if c["disposition"] == "LOOSENED"],
+        overrides=[c for c in classification
+                   if c["disposition"] == Disposition.LOOSENED.name],
         gates=gates, reasons=list(run.reasons), next_steps=[], stages=stages,
         transitions=transitions,
         steps=[{k: v for k, v in s.items() if k != "gates"} for s in run.steps],
@@ -151,14 +155,14 @@ def build(run):
 
 
 def _marker(stages, status):
-    states = [s["state"] for s in stages]
-    for special in ("AVARIYA", "OTKAT", "ZABLOKIROVANO"):
+    states = [State(s["state"]) for s in stages]
+    for special in (State.AVARIYA, State.OTKAT, State.ZABLOKIROVANO):
         if special in states:
-            return f"[{special}]"
+            return special.marker
     if status is VerdictStatus.PASS:
-        return "[SV:RAZVERNUTO]"
-    active = [s for s in states if s.startswith("NSV:")]
-    return f"[{active[-1]}]" if active else "[OZHIDAET]"
+        return State.RAZVERNUTO.marker
+    active = [s for s in states if s.imperfective]
+    return active[-1].marker if active else State.OZHIDAET.marker
 
 
 def next_steps(verdict, plan):
@@ -168,7 +172,7 @@ def next_steps(verdict, plan):
     unsure = [g for g in verdict.gates if g.status is GateStatus.INCONCLUSIVE]
     states = {s["node"]: s for s in verdict.stages}
     if verdict.status is VerdictStatus.PASS:
-        if plan.deployment.environment.value == "STAGING":
+        if plan.deployment.environment is Environment.STAGING:
             steps.append(f"Name this run as staging_evidence in the PRODUCTION plan of "
                          f"{plan.deployment.id} → [SV:PROVERENO]")
         steps.append("Keep the alert rules and dashboard live: monitoring continues "
@@ -177,18 +181,18 @@ def next_steps(verdict, plan):
     for gate in failed:
         steps.append(f"Fix {gate.name}: {gate.measured:.4g} {gate.unit} against "
                      f"{gate.threshold:g} {gate.unit} in {gate.window} → [SV:PROVERENO]")
-    if any(s["state"] == "OTKAT" for s in verdict.stages):
+    if any(s["state"] == State.OTKAT.value for s in verdict.stages):
         steps.append("Investigate the rolled-back version with the step's report and "
                      "histograms before re-deploying → [SV:PROVERENO]")
-    if any(s["state"] == "AVARIYA" for s in verdict.stages):
+    if any(s["state"] == State.AVARIYA.value for s in verdict.stages):
         steps.append("The rollback did not complete: restore the previous version by hand "
                      "→ [OTKAT]")
     for gate in unsure if verdict.status is VerdictStatus.INCONCLUSIVE else ():
         steps.append(f"Collect more evidence for {gate.name} ({gate.reason}): raise "
                      f"load.rate or the hold → [SV:PROVERENO]")
     staging = states.get("deployment.staging")
-    if staging and staging["state"] == "ZABLOKIROVANO" and \
-            plan.deployment.environment.value == "PRODUCTION":
+    if staging and staging["state"] == State.ZABLOKIROVANO.value and \
+            plan.deployment.environment is Environment.PRODUCTION:
         steps.append(f"Run the STAGING plan of {plan.deployment.id} and name its verdict as "
                      "staging_evidence → [SV:PROVERENO]")
     if verdict.run_status == RunStatus.ABORTED.value:
@@ -222,7 +226,7 @@ def write_error(run_dir, kind, message, deployment=None):
     ``loadgate gate check`` reports 3 (plan) or 4 (infrastructure); returns the file names."""
     verdict = Verdict(
         status=VerdictStatus.INCONCLUSIVE, run_status=RunStatus.BLOCKED.value,
-        recommendation="DO NOT DEPLOY", marker="[ZABLOKIROVANO]",
+        recommendation="DO NOT DEPLOY", marker=State.ZABLOKIROVANO.marker,
         deployment=deployment or {"id": "-"}, classification=[], overrides=[], gates=[],
         reasons=[message], next_steps=[f"Fix the {kind.value} error, then run again"],
         stages=[], error={"kind": kind.value, "message": message})
