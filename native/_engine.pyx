@@ -3,7 +3,9 @@
 
 Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival is
 watched by uvloop like a socket; on wake-up every arrival that is due goes out, and one due
-within SPIN_NS is waited for by spinning rather than by another sleep.  Each arrival picks a
+within SPIN_NS is waited for by spinning rather than by another sleep.  Re-arming a timerfd
+clears its expiry count, so the descriptor is only read when it is not re-armed (one system
+call per wake-up saved).  Each arrival picks a
 target by smooth weighted round-robin, takes an idle keep-alive connection, and if none is
 idle it queues (counted late) while a new connection opens, up to the target's cap: the
 schedule never waits for the pool.
@@ -210,19 +212,20 @@ cdef class Connection:
     def on_message_complete(self):
         cdef int64_t now = lg_pacer_now_ns()
         cdef int status = self.parser.get_status_code()
+        # Taken before the connection is handed on: a queued request may reuse it at once.
+        cdef int64_t intended = self.intended, sent_at = self.sent_at
         if status < 200:
             return
         keep_alive = self.parser.should_keep_alive()
         self.busy = False
         self.engine.busy.discard(self)
-        self.target.service_time.record_nogil(micros(now - self.sent_at))
+        self.target.service_time.record_nogil(micros(now - sent_at))
         if keep_alive and not self.closed:
             self.engine.connection_free(self)
         else:
             self.closed = True
             self.transport.close()
-        self.engine.finish(self.target, outcome_for_status(status), self.intended,
-                           self.sent_at, now)
+        self.engine.finish(self.target, outcome_for_status(status), intended, sent_at, now)
 
     def eof_received(self):
         return False
@@ -314,9 +317,9 @@ cdef class WorkerEngine:
 
     def _on_timer(self):
         cdef int64_t now, due
-        lg_pacer_consume(self.timer_fd)
         self.timer_wakeups += 1
         if not self.generating:
+            lg_pacer_consume(self.timer_fd)
             return
         now = lg_pacer_now_ns()
         if not self.open_loop:
@@ -327,6 +330,8 @@ cdef class WorkerEngine:
                 for _ in range(self.closed_users):
                     self.dispatch(now, now)
                 lg_pacer_arm(self.timer_fd, self.end_mono)
+            else:
+                lg_pacer_consume(self.timer_fd)
             return
         while self.generating:
             if self.batch_pos >= self.batch_len and not self.refill():

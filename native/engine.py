@@ -34,6 +34,14 @@ READY_TIMEOUT_S = 60.0
 START_MARGIN_NS = 50_000_000
 
 
+def _worker_env():
+    env = dict(os.environ)
+    # numpy's BLAS threads spin while idle and would bill their spinning to the generator.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
+    return env
+
+
 class LoadRun:
     """One run of ``config`` on ``workers`` processes (default: every core)."""
 
@@ -69,7 +77,7 @@ class LoadRun:
                 # locks; not multiprocessing's spawn: it re-imports the caller's __main__).
                 process = subprocess.Popen(
                     [sys.executable, "-m", "loadgate.native.engine_worker", str(child.fileno()),
-                     str(index), str(self.workers)], pass_fds=[child.fileno()])
+                     str(index), str(self.workers)], pass_fds=[child.fileno()], env=_worker_env())
                 child.close()
                 pipe = multiprocessing.connection.Connection(parent.detach())
                 pipe.send(config)
@@ -224,6 +232,8 @@ class _Collector:
         for snapshot in self.intervals:
             totals.merge(snapshot)
         totals.final = True
+        # A gauge, not a count: merging intervals over time must not add it up.
+        totals.open_connections = max(s.open_connections for s in self.intervals)
         workers = [t if t is not None else IntervalSnapshot(0, 0, 0) for t in self.totals]
         return RunResult(totals=totals, scheduled=sum(self.scheduled), open_loop=open_loop,
                          workers=workers, worker_scheduled=list(self.scheduled),

@@ -9,8 +9,9 @@ Rotation files (``RequestTemplate.rotate_file``), read once when a worker starts
   sent with the template's method, path and headers; Content-Length is set per body.
 - ``rotate_mode="requests"``: whole requests, separated by a line that is exactly ``%%``.
   Each is written as text: the request line, header lines, an empty line, then the body,
-  which runs up to the newline before the separator.  Lines may end in LF or CRLF; they are
-  sent with CRLF.  Host and Content-Length are added when the entry does not give them.
+  which runs up to the newline before the separator (or the file's last newline).  Lines
+  may end in LF or CRLF; they are sent with CRLF.  Host and Content-Length are added when
+  the entry does not give them.
 
 Requests are sent in file order, one per request, wrapping around at the end.
 """
@@ -230,7 +231,10 @@ def _parse_raw_request(entry, host, where):
 
 def _split_requests(data):
     entries, current = [], []
-    for line in data.replace(b"\r\n", b"\n").split(b"\n"):
+    text = data.replace(b"\r\n", b"\n")
+    if text.endswith(b"\n"):
+        text = text[:-1]
+    for line in text.split(b"\n"):
         if line == REQUEST_SEPARATOR.encode():
             entries.append(b"\n".join(current))
             current = []

@@ -8,6 +8,7 @@ STOP at any time.  It sends a SNAPSHOT every interval, then FINAL with the last 
 """
 import asyncio
 import enum
+import gc
 import multiprocessing.connection
 import signal
 import ssl
@@ -25,6 +26,7 @@ from loadgate.native.outcomes import Outcome
 
 # After STOP, requests in flight get this long (at most the timeout) to finish on their own.
 STOP_GRACE_S = 0.5
+GC_YOUNG_THRESHOLD = 20_000
 # How often the worker checks whether a drain has run out of time.
 DRAIN_POLL_S = 0.02
 
@@ -102,6 +104,11 @@ class Worker:
         self.loop.set_exception_handler(self._on_loop_error)
         self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
         await self.engine.preconnect(self.connections)
+        # Everything built so far lives for the whole run; the collector need not walk it,
+        # and a rare young-generation pass keeps it off the per-request path.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD)
         self.pipe.send((Message.READY, self.index))
         while True:
             message, payload = await self.control.get()

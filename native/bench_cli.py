@@ -1,0 +1,136 @@
+"""``loadgate bench URL``: one open-loop (or, labelled, closed-loop) run from this machine,
+familiar to wrk2 users.  Prints the intended and achieved rate, outcome counts, and the
+latency, service-time and schedule-lag tables; warns when the generator fell behind.
+"""
+import json
+import sys
+
+from loadgate.native.bench_report import build_report, format_report
+from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec, run_once
+from loadgate.native.engine_config import RotateMode
+from loadgate.native.errors import ConfigError
+from loadgate.native.schedule import ArrivalModel, ClosedLoop, make_schedule
+from loadgate.native.target import parse_duration
+
+TARGET_NAME = "target"
+# Open-loop arrivals this command offers (ramps and steps need a plan).
+ARRIVALS = (ArrivalModel.CONSTANT.value, ArrivalModel.POISSON.value)
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "bench", help="open-loop HTTP benchmark of one URL (wrk2-like)",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="http:// or https:// URL")
+    parser.add_argument("-R", "--rate", type=float, help="requests per second (open loop)")
+    parser.add_argument("-d", "--duration", default="10s", help="e.g. 10s, 1m, 500ms")
+    parser.add_argument("-c", "--connections", type=int, default=16,
+                        help="connections opened up front (the concurrency with --closed)")
+    parser.add_argument("--max-connections", type=int, default=1024,
+                        help="most connections the pool may grow to when all are busy")
+    parser.add_argument("-t", "--workers", type=int, default=None,
+                        help="worker processes (default: one per core)")
+    parser.add_argument("--arrival", choices=ARRIVALS, default=ArrivalModel.CONSTANT.value)
+    parser.add_argument("--seed", type=int, help="seed of the Poisson arrivals")
+    parser.add_argument("--closed", action="store_true",
+                        help="closed loop: -c request loops back to back (labelled as such)")
+    parser.add_argument("--think", default="0", help="closed loop: pause between requests")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("--body", default="", help="request body, or @FILE")
+    parser.add_argument("--rotate-file", metavar="FILE",
+                        help="rotate through bodies (one per line) or requests (see --rotate-mode)")
+    parser.add_argument("--rotate-mode", choices=[m.value for m in RotateMode],
+                        default=RotateMode.BODIES.value)
+    parser.add_argument("--timeout", default="10s", help="per-request timeout")
+    parser.add_argument("--interval", default="1s", help="reporting interval")
+    parser.add_argument("-k", "--insecure", action="store_true", help="accept any TLS certificate")
+    parser.add_argument("--cacert", metavar="FILE", help="trust this CA for https")
+    parser.add_argument("--json", metavar="FILE", help="write the versioned JSON result here")
+    parser.add_argument("--hlog", metavar="FILE", help="write an HdrHistogram interval log here")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-interval lines")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _headers(values):
+    headers = []
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"-H wants 'Name: value', got {value!r}")
+        headers.append((name.strip(), rest.strip()))
+    return tuple(headers)
+
+
+def _body(value):
+    if not value.startswith("@"):
+        return value.encode()
+    try:
+        with open(value[1:], "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read body file {value[1:]!r}: {exc.strerror}") from None
+
+
+def config_from_args(args):
+    """The EngineConfig the command line describes; ConfigError for bad flags."""
+    duration = parse_duration(args.duration)
+    if args.closed:
+        schedule = ClosedLoop(args.connections, duration, parse_duration(args.think))
+    else:
+        if args.rate is None:
+            raise ConfigError("an open-loop run needs -R/--rate (or --closed)")
+        schedule = make_schedule(args.arrival, args.rate, duration, seed=args.seed)
+    request = RequestTemplate(method=args.method, headers=_headers(args.header),
+                              body=_body(args.body), rotate_file=args.rotate_file,
+                              rotate_mode=args.rotate_mode)
+    target = TargetSpec(TARGET_NAME, args.url, request=request, tls_verify=not args.insecure,
+                        ca_file=args.cacert)
+    return EngineConfig([target], schedule, connections=args.connections,
+                        max_connections=max(args.max_connections, args.connections),
+                        timeout_s=parse_duration(args.timeout),
+                        interval_s=parse_duration(args.interval))
+
+
+def _progress(snapshot):
+    combined = snapshot.combined()
+    p50, p99 = combined.latency.percentiles([50.0, 99.0])
+    label = "end" if snapshot.final else f"{snapshot.index + 1}"
+    print(f"[{label:>4}] sent {snapshot.sent:>7}/{snapshot.intended:<7} ok {combined.completed:>7}"
+          f" err {combined.errors:>5} timeout {combined.timeouts:>4}  latency p50 {p50}us "
+          f"p99 {p99}us  lag max {snapshot.max_lag_us}us", flush=True)
+
+
+def write_hlog(path, result):
+    """Latency per interval untagged (what HdrHistogram tools plot by default); service time
+    and schedule lag tagged ``service_time`` and ``schedule_lag``."""
+    from loadgate.native.hlog import HlogWriter
+
+    intervals = [s for s in result.intervals if s.end_ns > s.start_ns]
+    start = intervals[0].start_ns / 1e9 if intervals else result.totals.start_ns / 1e9
+    with open(path, "w") as f:
+        writer = HlogWriter(f, start_time=start)
+        for snapshot in intervals:
+            combined = snapshot.combined()
+            begin, end = snapshot.start_ns / 1e9, snapshot.end_ns / 1e9
+            writer.write_interval(combined.latency, begin, end)
+            writer.write_interval(combined.service_time, begin, end, tag="service_time")
+            writer.write_interval(combined.schedule_lag, begin, end, tag="schedule_lag")
+
+
+def run(args):
+    config = config_from_args(args)
+    result = run_once(config, workers=args.workers, on_interval=None if args.quiet else _progress)
+    report = build_report(result, config, args.url, len(result.workers))
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if args.hlog:
+        write_hlog(args.hlog, result)
+    if result.worker_errors:
+        print("\n".join(result.worker_errors), file=sys.stderr)
+        return 1
+    return 0

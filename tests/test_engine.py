@@ -1,0 +1,215 @@
+"""The load engine against real servers on loopback: accounting, exact merging, outcome
+classes, coordinated omission, weighted split, https, stop and live changes."""
+import time
+
+import pytest
+
+from loadgate.native._engine import monotonic_ns
+from loadgate.native.engine import LoadRun, run_once
+from loadgate.native.engine_snapshot import IntervalSnapshot
+from loadgate.native.outcomes import Outcome
+from loadgate.native.schedule import ClosedLoop, ConstantRate
+from loadgate.native._hdr import Histogram
+
+from test_engine_support import (RecordingServer, closed_port, config, outcome_counts,
+                                 self_signed_cert, target, target_stats, tls_server_context)
+
+
+def test_every_arrival_is_accounted_for_and_workers_merge_exactly():
+    schedule = ConstantRate(500, 1.0)
+    with target() as url:
+        result = run_once(config(url + "/", schedule, connections=4), workers=2)
+        served = target_stats(url)
+    total = result.totals.combined()
+    assert result.scheduled == schedule.total_count() == 500
+    assert outcome_counts(total) == {Outcome.OK_2XX: 500}
+    assert served["outcomes"]["ok"] == 500
+    assert total.sent == 500 and total.latency.total_count == 500
+    assert total.service_time.total_count == 500 and total.schedule_lag.total_count == 500
+    assert result.worker_scheduled == [schedule.shard(i, 2).total_count() for i in range(2)]
+    # the workers' own totals add up to the run's, bucket for bucket
+    by_worker = IntervalSnapshot(0, 0, 0)
+    for worker in result.workers:
+        by_worker.merge(worker)
+    assert by_worker.combined().latency == total.latency
+    assert by_worker.combined().schedule_lag == total.schedule_lag
+    assert by_worker.intended == result.totals.intended == 500
+    # so does the stream of merged intervals, which ends with exactly one final snapshot
+    assert [s.final for s in result.intervals] == [False] * (len(result.intervals) - 1) + [True]
+    by_interval = Histogram()
+    for snapshot in result.intervals:
+        by_interval.add(snapshot.targets["t"].latency)
+    assert by_interval == total.latency
+    assert sum(s.sent for s in result.intervals) == 500
+
+
+def test_outcome_classes_match_what_the_target_did():
+    schedule = ConstantRate(400, 1.0)
+    flags = ("--seed", "7", "--error-rate", "0.15", "--reset-rate", "0.1", "--hang-rate", "0.1",
+             "--malformed-rate", "0.1")
+    with target(*flags) as url:
+        result = run_once(config(url + "/", schedule, connections=8, timeout_s=0.4), workers=1)
+        did = target_stats(url)["outcomes"]
+    total = result.totals.combined()
+    assert result.scheduled == 400 == total.finished
+    assert outcome_counts(total) == {
+        Outcome.OK_2XX: did["ok"], Outcome.SERVER_5XX: did["error"], Outcome.RESET: did["reset"],
+        Outcome.TIMEOUT: did["hang"], Outcome.PARSE_ERROR: did["malformed"]}
+    assert min(did["ok"], did["error"], did["reset"], did["hang"], did["malformed"]) > 0
+    # a timed-out request's latency is at least the timeout, never dropped
+    assert total.latency.total_count == 400
+    assert total.latency.max >= 400_000
+
+
+def test_a_refused_connection_is_a_connect_error_for_each_request():
+    schedule = ConstantRate(200, 0.5)
+    result = run_once(config(f"http://127.0.0.1:{closed_port()}/", schedule, connections=2,
+                             timeout_s=1.0), workers=1)
+    total = result.totals.combined()
+    assert result.scheduled == 100
+    assert outcome_counts(total) == {Outcome.CONNECT_ERROR: 100}
+    assert total.sent == 0 and total.service_time.total_count == 0
+    assert total.latency.total_count == 100
+
+
+def _stall_truth_us(offsets_ns, start_mono, epoch, every_ns, for_ns):
+    truth = Histogram()
+    for offset in offsets_ns:
+        since_epoch = start_mono + int(offset) - epoch
+        phase = since_epoch % every_ns
+        wait = for_ns - phase if since_epoch >= every_ns and phase < for_ns else 0
+        truth.record(max(wait // 1000, 1))
+    return truth
+
+
+@pytest.mark.slow
+def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_them():
+    # A pool capped at 8 connections makes the generator coordinate with the stalled target:
+    # requests queue behind the stall and then meet a fast server, so service time looks
+    # fine.  Latency, counted from each request's intended instant, must still see the stall.
+    schedule = ConstantRate(100, 5.0)
+    every_ns, for_ns = 1_000_000_000, 250_000_000
+    with target("--stall-every", "1s", "--stall-for", "250ms") as url:
+        epoch = target_stats(url)["epoch_monotonic_ns"]
+        start_at = time.time_ns() + 1_500_000_000
+        start_mono = monotonic_ns() + (start_at - time.time_ns())
+        result = run_once(config(url + "/", schedule, connections=8, max_connections=8),
+                          workers=1, start_at_ns=start_at)
+    total = result.totals.combined()
+    assert outcome_counts(total) == {Outcome.OK_2XX: 500}
+    offsets = schedule.cursor().next_batch(10_000)
+    truth = _stall_truth_us(offsets, start_mono, epoch, every_ns, for_ns)
+    for percentile in (90.0, 99.0, 99.9):
+        measured = total.latency.value_at_percentile(percentile)
+        expected = truth.value_at_percentile(percentile)
+        assert abs(measured - expected) <= 0.03 * expected, (percentile, measured, expected)
+    assert total.late > 0
+    assert total.service_time.value_at_percentile(90.0) * 10 < total.latency.value_at_percentile(90.0)
+
+
+def test_weighted_split_is_exact_per_target(tmp_path):
+    schedule = ConstantRate(400, 1.0)
+    with RecordingServer() as server:
+        urls = {"baseline": (server.url + "/a", 3.0), "canary": (server.url + "/b", 1.0)}
+        result = run_once(config(urls, schedule, connections=2), workers=2)
+        paths = [path for _, path, _ in server.requests]
+    targets = result.totals.targets
+    assert targets["baseline"].sent == 300 and targets["canary"].sent == 100
+    assert paths.count("/a") == 300 and paths.count("/b") == 100
+    assert targets["baseline"].latency.total_count == 300
+    assert targets["canary"].latency.total_count == 100
+
+
+def test_weights_change_live():
+    schedule = ConstantRate(400, 1.5)
+    with RecordingServer() as server:
+        urls = {"a": (server.url + "/a", 1.0), "b": (server.url + "/b", 1.0)}
+        run = LoadRun(config(urls, schedule, connections=2, interval_s=0.25), workers=1)
+        run.start()
+        run.snapshots.get(timeout=30)
+        run.set_weights({"a": 0.0})
+        result = run.join(timeout=30)
+    assert result.scheduled == 600 == result.totals.combined().finished
+    late = [s for s in result.intervals if s.index >= 2]
+    assert late and all(s.targets["a"].sent == 0 for s in late)
+    assert sum(s.targets["b"].sent for s in late) > 0
+
+
+def test_https_with_a_self_signed_certificate(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    schedule = ConstantRate(200, 0.5)
+    with RecordingServer(tls_server_context(cert, key)) as server:
+        trusted = run_once(config(server.url + "/", schedule, connections=2,
+                                  spec={"ca_file": str(cert)}), workers=1)
+        untrusted = run_once(config(server.url + "/", schedule, connections=2), workers=1)
+        served = len(server.requests)
+    assert outcome_counts(trusted.totals.combined()) == {Outcome.OK_2XX: 100}
+    assert served == 100
+    assert outcome_counts(untrusted.totals.combined()) == {Outcome.CONNECT_ERROR: 100}
+
+
+def test_stop_counts_unsent_arrivals_and_records_outstanding_requests():
+    schedule = ConstantRate(200, 20.0)
+    with target("--hang-rate", "1.0") as url:
+        run = LoadRun(config(url + "/", schedule, connections=4, timeout_s=30.0,
+                             interval_s=0.25), workers=1)
+        run.start()
+        run.snapshots.get(timeout=30)
+        run.snapshots.get(timeout=30)
+        run.stop()
+        result = run.join(timeout=30)
+    total = result.totals.combined()
+    assert result.scheduled == 4000 == total.finished
+    assert total.not_sent > 3000
+    assert total.timeouts == total.sent > 0
+    # every request left outstanding was recorded with at least the stop grace as latency
+    assert total.latency.total_count == total.sent
+    assert total.latency.min >= 400_000
+
+
+def test_rate_scale_changes_the_number_of_arrivals_and_all_are_accounted():
+    schedule = ConstantRate(200, 1.5)
+    with target() as url:
+        run = LoadRun(config(url + "/", schedule, connections=4, interval_s=0.25), workers=1)
+        run.start()
+        run.snapshots.get(timeout=30)
+        run.set_rate_scale(2.0)
+        result = run.join(timeout=30)
+    total = result.totals.combined()
+    assert result.scheduled > 300 + 100
+    assert result.scheduled == total.finished == total.outcomes[Outcome.OK_2XX]
+
+
+def test_closed_loop_keeps_fixed_concurrency():
+    with RecordingServer() as server:
+        result = run_once(config(server.url + "/", ClosedLoop(3, 0.5), connections=3), workers=2)
+        connections = server.connections
+    total = result.totals.combined()
+    assert not result.open_loop
+    assert result.scheduled == total.finished == total.outcomes[Outcome.OK_2XX] > 3
+    assert connections <= 3
+    assert len(result.workers) == 2
+
+
+def test_rotation_file_cycles_through_bodies_and_requests(tmp_path):
+    bodies = tmp_path / "bodies.txt"
+    bodies.write_text('{"n": 1}\n{"n": 2}\n\n{"n": 3}\n')
+    requests = tmp_path / "requests.txt"
+    requests.write_text("GET /first HTTP/1.1\nX-A: 1\n\n%%\nPOST /second HTTP/1.1\n\nhello\n")
+    with RecordingServer() as server:
+        spec = {"request": _template(method="POST", rotate_file=str(bodies))}
+        run_once(config(server.url + "/in", ConstantRate(100, 0.3), connections=1, spec=spec),
+                 workers=1)
+        seen_bodies = [body for _, _, body in server.requests]
+        server.requests.clear()
+        spec = {"request": _template(rotate_file=str(requests), rotate_mode="requests")}
+        run_once(config(server.url + "/", ConstantRate(100, 0.2), connections=1, spec=spec),
+                 workers=1)
+        seen_requests = list(server.requests)
+    assert seen_bodies == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}'] * 10
+    assert seen_requests == [("GET", "/first", b""), ("POST", "/second", b"hello")] * 10
+
+
+def _template(**kwargs):
+    from loadgate.native.engine import RequestTemplate
+    return RequestTemplate(**kwargs)
