@@ -210,11 +210,11 @@ class DistributedRun:
 
     def _setup(self):
         self.status = RunStatus.RUNNING
+        totals = RunTotals(self.definition.target_names, self.layout)
         merger = IntervalMerger(self.definition.target_names, [s.agent_id for s in self.sessions],
                                 self.layout, {s.agent_id: s.client.clock.offset_ns
-                                              for s in self.sessions})
-        self.ingest = ReportIngest(self.run_dir.journal, merger,
-                                   RunTotals(self.definition.target_names, self.layout))
+                                              for s in self.sessions}, totals)
+        self.ingest = ReportIngest(self.run_dir.journal, merger, totals)
         self.run_dir.open_outputs(self.definition.target_names, self.start_ns / NS)
         for s in self.sessions:
             s.state = AgentState.RUNNING

@@ -8,7 +8,7 @@ the steps loses nothing that was merged: anything merged was journaled first.
 from google.protobuf.message import DecodeError
 
 from loadgate.controller.merge import AgentInterval, RejectReason, Rejection
-from loadgate.controller.run_journal import RecordKind, report_fields
+from loadgate.controller.run_journal import BLOB_FIELD, RecordKind, report_fields
 from loadgate.proto.loadgate.v1 import common_pb2
 
 
@@ -37,8 +37,8 @@ class ReportIngest:
         if isinstance(result, Rejection):
             self.rejections.append(result)
             fields = result.to_dict()
-            fields["payload"] = report_fields(stream.agent_id, result.seq, result.interval_index,
-                                              payload)["report"]
+            fields[BLOB_FIELD] = report_fields(stream.agent_id, result.seq,
+                                               result.interval_index, payload)[BLOB_FIELD]
             self._batch.append((RecordKind.REJECTED, fields, None))
             return result
         stream.commit(result)
@@ -84,4 +84,6 @@ class ReportIngest:
 
     def _merge_one(self, interval: AgentInterval):
         self.totals.add(interval)
-        return self.merger.add(interval)
+        ready = self.merger.add(interval)
+        interval.release(self.merger.layout)
+        return ready

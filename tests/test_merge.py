@@ -43,8 +43,9 @@ def make_report(agent, seq, index, rng, run_id="run-1", final=False, samples=50)
 
 def new_ingest(tmp_path, agents):
     journal = RunJournal(tmp_path / "journal.jsonl")
-    merger = IntervalMerger(TARGETS, agents, LAYOUT)
-    ingest = ReportIngest(journal, merger, RunTotals(TARGETS, LAYOUT))
+    totals = RunTotals(TARGETS, LAYOUT)
+    merger = IntervalMerger(TARGETS, agents, LAYOUT, totals=totals)
+    ingest = ReportIngest(journal, merger, totals)
     streams = {a: AgentStream("run-1", a, TARGETS, LAYOUT) for a in agents}
     return ingest, streams
 
@@ -122,8 +123,6 @@ def test_released_interval_lists_missing_agent_and_late_data_is_a_correction(tmp
      RejectReason.BAD_HISTOGRAM),
     (lambda r: setattr(r.targets[1], "service_time", r.targets[1].service_time[:-5]),
      RejectReason.BAD_HISTOGRAM),
-    (lambda r: setattr(r.targets[0], "schedule_lag", Histogram(1, 1000, 2).encode_binary()),
-     RejectReason.HISTOGRAM_LAYOUT),
     (lambda r: r.targets[0].outcomes.add(outcome=42, count=1), RejectReason.BAD_OUTCOME),
 ])
 def test_bad_report_is_rejected_and_changes_nothing(tmp_path, mutate, reason):
@@ -149,6 +148,16 @@ def test_bad_report_is_rejected_and_changes_nothing(tmp_path, mutate, reason):
                                        RecordKind.REPORT]
     assert records[2][1]["reason"] == reason.value
     assert report_payload(records[3][1]) == good.SerializeToString()
+
+
+def test_a_stream_whose_histograms_have_another_layout_is_rejected(tmp_path):
+    rng = random.Random(5)
+    ingest, streams = new_ingest(tmp_path, ("a",))
+    report, _ = make_report("a", 1, 0, rng)
+    report.targets[1].schedule_lag = Histogram(1, 1000, 2).encode_binary()
+    result, _ = ingest.ingest_now(streams["a"], report.SerializeToString())
+    assert result.reason is RejectReason.HISTOGRAM_LAYOUT and "1..1000 at 2 digits" in result.message
+    assert ingest.totals.intervals == 0 and streams["a"].last_seq == 0
 
 
 def test_garbage_bytes_are_rejected_as_malformed(tmp_path):
