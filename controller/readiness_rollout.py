@@ -49,8 +49,8 @@ class RolloutMixin:
             status = combine(results)
             if status is not last:
                 self.journal.append({
-                    "kind": RecordKind.STEP.value, "time": self.clock(), "phase": StepPhase.EVALUATION.value,
-                    "window": window, "status": status.value, "elapsed": elapsed,
+                    "kind": RecordKind.STEP.value, "time": self.clock(),
+                    "phase": StepPhase.EVALUATION.value, "window": window, "status": status.value, "elapsed": elapsed,
                     "samples": {name: t.latency.total_count
                                 for name, t in measurement.targets.items()}})
                 last = status
