@@ -17,7 +17,9 @@ from hdrh.log import HistogramLogReader
 
 from loadgate.agent.inference.llm import LlmConfig, LlmOutcome, run_llm
 from loadgate.controller.certs import init_certs
-from loadgate.agent.inference.llm_request import Endpoint, LlmRequestSpec, load_prompts
+from loadgate.agent.inference.llm_request import (
+    Endpoint, LlmRequestSpec, load_prompts, parse_extra_body,
+)
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import ClosedLoop, ConstantRate
 from loadgate.native.target import start_target_process, stop_target_process
@@ -74,7 +76,8 @@ def test_cli_writes_json_and_exits_by_verdict(emulator, tmp_path):
     out = tmp_path / "result.json"
     base = [sys.executable, "-m", "loadgate.controller.cli", "infer", "llm",
             emulator + "/v1/chat/completions", "--model", "m", "--prompt", "hi",
-            "--max-tokens", "64", "--rate", "20", "--duration", "1s", "--json", str(out)]
+            "--max-tokens", "64", "--rate", "20", "--duration", "1s", "--json", str(out),
+            "--extra-body", '{"ignore_eos": true}']
     ok = subprocess.run(base + ["--gate", "ttft_ms:p50<=5000", "--gate", "tpot_ms:p50<=1000"],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -330,3 +333,16 @@ def test_endpoint_and_prompt_parsing(tmp_path):
         load_prompts(str(prompts))
     with pytest.raises(ConfigError):
         LlmRequestSpec("m", ())
+    assert parse_extra_body('{"temperature": 0}') == {"temperature": 0}
+    for bad in ("[1]", "{oops"):
+        with pytest.raises(ConfigError):
+            parse_extra_body(bad)
+
+
+def test_extra_body_reaches_the_server(scripted):
+    spec = LlmRequestSpec("usage", ("hi",), max_tokens=5, include_usage=False,
+                          extra_body={"ignore_eos": True})
+    run_llm(LlmConfig(f"http://127.0.0.1:{scripted.port}/v1/completions",
+                      ConstantRate(20, 0.05), spec))
+    assert scripted.bodies[-1] == {"model": "usage", "stream": True, "max_tokens": 5,
+                                   "prompt": "hi", "ignore_eos": True}

@@ -133,7 +133,7 @@ def _print_summary(result, out=None):
 def run_llm_command(args):
     from loadgate.agent.inference.llm import FIGURES, METRICS, LlmConfig, run_llm
     from loadgate.agent.inference.llm_request import (
-        LlmRequestSpec, api_key_header, load_prompts, parse_header,
+        LlmRequestSpec, api_key_header, load_prompts, parse_extra_body, parse_header,
     )
 
     if (args.prompt is None) == (args.prompts_file is None):
@@ -143,7 +143,8 @@ def run_llm_command(args):
     if args.api_key_env:
         headers.append(api_key_header(args.api_key_env))
     spec = LlmRequestSpec(args.model, prompts, max_tokens=args.max_tokens,
-                          include_usage=not args.no_usage, headers=tuple(headers))
+                          include_usage=not args.no_usage, headers=tuple(headers),
+                          extra_body=parse_extra_body(args.extra_body))
     gates = list(args.gate)
     if args.ttft_limit_ms is not None:
         gates.append(f"ttft_ms:p{args.gate_percentile:g}<={args.ttft_limit_ms:g}")
@@ -208,6 +209,8 @@ def register(subparsers):
     llm.add_argument("--max-tokens", type=int, default=128)
     llm.add_argument("--no-usage", action="store_true",
                      help="do not ask for the usage chunk (servers that reject stream_options)")
+    llm.add_argument("--extra-body", metavar="JSON", help='merged into every request body, '
+                     'e.g. \'{"ignore_eos": true, "temperature": 0}\' for fixed-length answers')
     llm.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
     llm.add_argument("--api-key-env", metavar="VAR", help="send $VAR as a bearer token")
     llm.add_argument("--timeout", type=_positive_float, default=60.0,

@@ -94,6 +94,19 @@ def parse_header(text):
     return name.strip(), value.strip()
 
 
+def parse_extra_body(text):
+    """The JSON object ``--extra-body`` gives (empty for None)."""
+    if text is None:
+        return {}
+    try:
+        extra = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"--extra-body is not JSON: {text!r}") from None
+    if not isinstance(extra, dict):
+        raise ConfigError("--extra-body must be a JSON object")
+    return extra
+
+
 def load_prompts(path):
     """Prompts from a file: one per line, plain text or JSON ({"prompt": ...} or
     {"messages": [...]}); blank lines are skipped."""
