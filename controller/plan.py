@@ -77,6 +77,10 @@ def dotted(path):
     return text
 
 
+# A plan is small; this bounds what aliases can expand to ("billion laughs").
+MAX_NODES = 100_000
+
+
 def _compose(text, marks, problems):
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -90,15 +94,35 @@ def _compose(text, marks, problems):
         problems.append(PlanIssue(marks.filename, 1, 1, "", "the plan is empty"))
         return None
     constructor = yaml.constructor.SafeConstructor()
+    budget = [MAX_NODES]
+    active = set()
+
+    def scalar(node, path):
+        try:
+            return constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            where = (node.start_mark.line + 1, node.start_mark.column + 1)
+            problems.append(PlanIssue(marks.filename, *where, dotted(path),
+                                      f"bad value: {exc}"))
+            return None
 
     def walk(node, path):
         marks.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        budget[0] -= 1
+        if budget[0] < 0 or id(node) in active:
+            if budget[0] == -1 or id(node) in active:
+                problems.append(marks.issue(path, "aliases make the document recursive or "
+                                                  f"larger than {MAX_NODES} nodes"))
+            return None
         if isinstance(node, yaml.MappingNode):
+            active.add(id(node))
             result = {}
             for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
+                key = scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, (str, int, float, bool)):
-                    problems.append(marks.issue(path, "mapping keys must be scalars"))
+                    where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                    problems.append(PlanIssue(marks.filename, *where, dotted(path),
+                                              "mapping keys must be scalars"))
                     continue
                 key_path = path + (key,)
                 if key in result:
@@ -109,14 +133,14 @@ def _compose(text, marks, problems):
                 marks.keys[key_path] = (key_node.start_mark.line + 1,
                                         key_node.start_mark.column + 1)
                 result[key] = walk(value_node, key_path)
+            active.discard(id(node))
             return result
         if isinstance(node, yaml.SequenceNode):
-            return [walk(item, path + (index,)) for index, item in enumerate(node.value)]
-        try:
-            return constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            problems.append(marks.issue(path, f"bad scalar: {exc}"))
-            return None
+            active.add(id(node))
+            items = [walk(item, path + (index,)) for index, item in enumerate(node.value)]
+            active.discard(id(node))
+            return items
+        return scalar(node, path)
 
     return walk(node, ())
 

@@ -36,7 +36,9 @@ def parse_duration(value):
                       for number, unit in _DURATION_PART.findall(value))
     else:
         raise ValueError(f"expected a duration such as 200ms, 30s, 5m or 24h, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, got {value!r}")
+    if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds
 
@@ -49,7 +51,9 @@ def parse_percent(value):
         percent = float(value.strip().rstrip("%").strip())
     else:
         raise ValueError(f"expected a percent such as 5% or 99.9, got {value!r}")
-    if not math.isfinite(percent) or not 0.0 <= percent <= 100.0:
+    if not math.isfinite(percent):
+        raise ValueError(f"a percent must be a finite number, got {value!r}")
+    if not 0.0 <= percent <= 100.0:
         raise ValueError(f"a percent must lie in 0..100, got {value!r}")
     return percent
 

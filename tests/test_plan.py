@@ -262,3 +262,26 @@ def test_a_low_risk_plan_that_asks_for_relative_gates_gets_their_defaults():
     asked = classify(parse_plan(low + "gates:\n  relative: {test: ks}\n", "l.yaml")).plan
     assert asked.gates.relative.test is RelativeTest.KS
     assert asked.gates.relative.ratios == ((99.0, 1.2),) and asked.gates.relative.alpha == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("abpr: -\n\t{}[]'\"!&*%@,?#|>0123456789.")),
+               max_size=80))
+def test_arbitrary_text_gives_plan_errors_never_a_traceback(text):
+    try:
+        parse_plan(GOOD + text, "fuzz.yaml")
+    except PlanError as exc:
+        assert exc.issues and all(issue.file == "fuzz.yaml" for issue in exc.issues)
+
+
+@pytest.mark.parametrize("hostile, words", [
+    ("x: !!timestamp 2020-99-99\n", "bad value"),
+    ("x: &a [*a]\n", "recursive"),
+    ("gates: {latency: {p95: .nan}}\n", "finite"),
+    ("? [a, b]\n: 1\n", "mapping keys must be scalars"),
+    ("".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 9) + "]\n"
+             for i in range(9)), "larger than"),
+])
+def test_hostile_yaml_is_a_located_plan_error(hostile, words):
+    issues = issues_of(GOOD + hostile)
+    assert any(words in issue.message and issue.line >= 18 for issue in issues), issues
