@@ -82,7 +82,8 @@ cdef class Histogram:
 
     ``Histogram(lowest=1, highest=3_600_000_000, significant_figures=3)`` tracks values in
     [0, highest] with ``significant_figures`` decimal digits of precision; values below
-    ``lowest`` share its resolution (HdrHistogram's "lowest discernible value").
+    ``lowest`` share its resolution (HdrHistogram's "lowest discernible value").  One thread
+    at a time (record_array runs without the GIL); IntervalRecorder is the shared one.
     """
 
     def __cinit__(self, lowest=DEFAULT_LOWEST, highest=DEFAULT_HIGHEST,
