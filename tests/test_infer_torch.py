@@ -10,7 +10,7 @@ from loadgate.agent.inference.interval_log import IntervalLog
 from loadgate.agent.inference.torch_target import (
     CallOutcome, TorchConfig, import_torch, parse_shape, run_torch,
 )
-from loadgate.native.errors import ConfigError
+from loadgate.native.errors import ConfigError, EngineError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ClosedLoop, ConstantRate
 
@@ -101,6 +101,9 @@ def test_model_errors_are_outcomes_not_exceptions(callables):
     assert m.outcomes == {CallOutcome.ERROR: 5}
     assert m.figures["first_error"] == "ValueError: bad input"
     assert m.histograms["latency_ms"].total_count == 0
+    # A model that cannot get through its warm-up never starts the run.
+    with pytest.raises(EngineError, match="warm-up: ValueError: bad input"):
+        run_torch(_config(f"{callables}:failing", warmup=1, duration=0.05))
 
 
 def test_a_slow_model_shows_queueing_as_latency(callables):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from loadgate.agent.inference.metrics import Measurement
 from loadgate.agent.inference.pacing import LEAD_NS, instants, sleep_until
-from loadgate.native.errors import ConfigError
+from loadgate.native.errors import ConfigError, EngineError
 
 METRICS = ("latency_ms", "service_time_ms", "schedule_lag_ms")
 FIGURES = ("samples_per_s", "peak_gpu_memory_bytes")
@@ -173,9 +173,13 @@ def run_torch(config, log=None):
     measurement = Measurement("torch", config.model, config.schedule, METRICS, CallOutcome, log)
     first_error = None
     with torch.inference_mode():
-        for _ in range(config.warmup):
-            model(*inputs)
-        synchronize()
+        try:
+            for _ in range(config.warmup):
+                model(*inputs)
+            synchronize()
+        except Exception as exc:  # any failure of foreign code; the run cannot start
+            raise EngineError(f"{config.model} failed during warm-up: "
+                              f"{type(exc).__name__}: {exc}") from None
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.monotonic_ns() + LEAD_NS
