@@ -18,6 +18,7 @@ code  meaning              when
 
 ``--junit PATH`` copies the run's junit.xml (one test case per gate) where CI expects it.
 """
+import argparse
 import enum
 import os
 import shutil
@@ -45,7 +46,11 @@ def register(subparsers):
     parser = subparsers.add_parser("gate", help="turn a run's verdict into a CI exit code")
     actions = parser.add_subparsers(dest="gate_command", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="exit 0 pass, 1 fail, 2 inconclusive, "
-                                             "3 plan error, 4 infrastructure error")
+                                             "3 plan error, 4 infrastructure error",
+                               description=__doc__.split("\n\n")[0],
+                               epilog="exit codes:\n" + __doc__.split("Exit codes:")[1].split(
+                                   "``--junit")[0].strip("\n"),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("run_dir", metavar="RUN_DIR")
     check.add_argument("--junit", metavar="PATH", help="copy junit.xml here")
     check.set_defaults(func=run_check)

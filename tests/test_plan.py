@@ -285,3 +285,16 @@ def test_arbitrary_text_gives_plan_errors_never_a_traceback(text):
 def test_hostile_yaml_is_a_located_plan_error(hostile, words):
     issues = issues_of(GOOD + hostile)
     assert any(words in issue.message and issue.line >= 18 for issue in issues), issues
+
+
+def test_the_cli_exits_3_on_a_bad_plan_and_prints_the_schema(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("risk: MEDIUM", "risk: SEVERE"))
+    command = [sys.executable, "-m", "loadgate.controller.cli", "plan"]
+    done = subprocess.run(command + ["validate", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3 and f"{bad}:5:3: deployment.risk:" in done.stdout
+    done = subprocess.run(command + ["schema"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout) == plan_json_schema()
