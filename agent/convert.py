@@ -5,6 +5,7 @@ Validation failures raise ConfigError; the server turns them into INVALID_ARGUME
 import math
 import os
 
+from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec
 from loadgate.native.errors import ConfigError
 from loadgate.native.outcomes import Outcome
 from loadgate.native.schedule import ArrivalModel, schedule_from_dict
@@ -79,8 +80,6 @@ def _rotate_file(target, directory):
 def engine_config(spec, schedule, scratch_dir):
     """An EngineConfig for a RunSpec whose schedule is already built; rotation items are
     written under ``scratch_dir``, which must outlive the run."""
-    from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec
-
     if not spec.targets:
         raise ConfigError("a run needs at least one target")
     names = [t.name for t in spec.targets]

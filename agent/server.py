@@ -22,6 +22,7 @@ import grpc
 from loadgate.agent.convert import engine_config, peak_rate, schedule_of
 from loadgate.agent.runs import AgentRun, RunEnd, RunState
 from loadgate.agent.safety import Allowlist, NotAllowed
+from loadgate.native.engine import LoadRun
 from loadgate.native.errors import ConfigError, LoadgateError
 from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc
 
@@ -175,8 +176,6 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     def _prepare(self, request):
         # Runs on an executor thread: DNS for the allowlist and the engine's set-up may block.
-        from loadgate.native.engine import LoadRun
-
         spec = request.spec
         for target in spec.targets:
             self.options.allowlist.check_url(target.url)
