@@ -192,7 +192,9 @@ class _Collector:
         if self.totals[worker] is None:
             self.totals[worker] = snapshot.copy()
         else:
+            connections = max(self.totals[worker].open_connections, snapshot.open_connections)
             self.totals[worker].merge(snapshot)
+            self.totals[worker].open_connections = connections
         if snapshot.index in self.pending:
             self.pending[snapshot.index].merge(snapshot)
         else:
@@ -232,7 +234,7 @@ class _Collector:
         for snapshot in self.intervals:
             totals.merge(snapshot)
         totals.final = True
-        # A gauge, not a count: merging intervals over time must not add it up.
+        # A gauge, not a count: merged over time it is the peak, not the sum.
         totals.open_connections = max(s.open_connections for s in self.intervals)
         workers = [t if t is not None else IntervalSnapshot(0, 0, 0) for t in self.totals]
         return RunResult(totals=totals, scheduled=sum(self.scheduled), open_loop=open_loop,

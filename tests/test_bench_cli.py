@@ -1,0 +1,122 @@
+"""``loadgate bench`` as a user runs it: a real process against ``loadgate target``, its
+table, its versioned JSON and its HdrHistogram interval log."""
+import json
+import subprocess
+import sys
+
+import pytest
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+
+from loadgate.controller.cli import build_parser
+from loadgate.native.bench_cli import config_from_args
+from loadgate.native.errors import ConfigError
+from loadgate.native.hlog import read_hlog
+from loadgate.native.schedule import ArrivalModel
+
+from test_engine_support import target
+
+SUMMARY_KEYS = {"count", "min", "mean", "p50", "p75", "p90", "p99", "p99.9", "p99.99", "max"}
+
+
+def bench(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "loadgate.controller.cli", "bench", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def parse(*argv):
+    args = build_parser(["bench", *argv]).parse_args(["bench", *argv])
+    return config_from_args(args)
+
+
+def test_json_and_hlog_describe_the_run(tmp_path):
+    out, hlog = tmp_path / "run.json", tmp_path / "run.hlog"
+    with target() as url:
+        done = bench(url + "/", "-R", "500", "-d", "1s", "-t", "1", "-c", "4",
+                     "--json", str(out), "--hlog", str(hlog))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == 1 and report["open_loop"] is True
+    requests = report["requests"]
+    assert requests["scheduled"] == 500 == requests["completed"]
+    assert requests["scheduled"] == (requests["completed"] + sum(requests["errors"].values())
+                                     + requests["timeouts"] + requests["not_sent"])
+    assert report["rate"]["intended"] == 500.0 and report["rate"]["achieved"] == 500.0
+    for key in ("latency", "service_time", "schedule_lag"):
+        assert set(report[key]) == SUMMARY_KEYS and report[key]["count"] == 500
+        assert report[key]["p50"] <= report[key]["p99"] <= report[key]["max"]
+    assert report["latency"]["p50"] >= report["service_time"]["p50"] > 0
+    assert set(report["generator"]) >= {"cpu_seconds", "workers", "max_lag_us", "late", "warning"}
+    assert sum(i["sent"] for i in report["intervals"]) == 500
+    for word in ("latency", "service time", "schedule lag", "p99.99", "intended 500.0/s"):
+        assert word in done.stdout
+    # the log: the hdrhistogram package reads every interval; ours splits them by tag
+    reader = HistogramLogReader(str(hlog), HdrHistogram(1, 3_600_000_000, 3))
+    total = 0
+    while (interval := reader.get_next_interval_histogram()) is not None:
+        total += interval.get_total_count()
+    assert total == 3 * 500
+    by_tag = {}
+    for tag, _, _, hist in read_hlog(str(hlog)):
+        by_tag[tag] = by_tag.get(tag, 0) + hist.total_count
+    assert by_tag == {None: 500, "service_time": 500, "schedule_lag": 500}
+
+
+def test_a_generator_that_falls_behind_says_so(tmp_path):
+    out = tmp_path / "run.json"
+    # One connection to a 50 ms server cannot carry 100 requests/s: sends go out late.
+    with target("--latency", "50ms") as url:
+        done = bench(url + "/", "-R", "100", "-d", "1s", "-t", "1", "-c", "1",
+                     "--max-connections", "1", "--json", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["generator"]["warning"] is True
+    assert report["requests"]["late"] > 50
+    assert "WARNING" in done.stdout and "does NOT measure the target" in done.stdout
+    # latency still counts from the intended instants: the queue shows, service time does not
+    assert report["latency"]["p99"] > 5 * report["service_time"]["p50"]
+
+
+def test_closed_loop_is_labelled(tmp_path):
+    out = tmp_path / "run.json"
+    with target() as url:
+        done = bench(url + "/", "--closed", "-c", "2", "-d", "500ms", "-t", "1",
+                     "--json", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["open_loop"] is False and report["mode"] == "closed-loop"
+    assert report["rate"]["intended"] is None
+    assert report["requests"]["scheduled"] == report["requests"]["completed"] > 0
+    assert "closed-loop run" in done.stdout and "closed loop" in done.stdout
+
+
+def test_flags_build_the_engine_config(tmp_path):
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"a": 1}')
+    config = parse("https://127.0.0.1:9443/x?y=1", "-R", "2000", "-d", "500ms", "-c", "7",
+                   "--arrival", "poisson", "--seed", "3", "-H", "X-Trace: on",
+                   "--method", "post", "--body", f"@{body}", "--timeout", "250ms", "-k")
+    assert config.schedule.model is ArrivalModel.POISSON and config.schedule.seed == 3
+    assert config.schedule.duration_s == 0.5 and config.schedule.rate == 2000
+    assert config.connections == 7 and config.timeout_s == 0.25
+    target = config.targets[0]
+    assert target.request.method == "POST" and target.request.body == b'{"a": 1}'
+    assert target.request.headers == (("X-Trace", "on"),) and target.tls_verify is False
+    assert parse("http://h/", "-R", "1", "-d", "1m").schedule.duration_s == 60.0
+
+
+@pytest.mark.parametrize("argv", [
+    ("http://127.0.0.1:1/", "-d", "1s"),                       # open loop without a rate
+    ("http://127.0.0.1:1/", "-R", "10", "-d", "ten seconds"),
+    ("ftp://127.0.0.1:1/", "-R", "10"),
+    ("http://127.0.0.1:1/", "-R", "10", "-H", "no colon"),
+])
+def test_bad_flags_are_config_errors(argv):
+    with pytest.raises(ConfigError):
+        parse(*argv)
+
+
+def test_bad_flags_exit_with_the_config_error_code():
+    done = bench("http://127.0.0.1:1/", "-d", "1s")
+    assert done.returncode == ConfigError.exit_code
+    assert "-R/--rate" in done.stderr
