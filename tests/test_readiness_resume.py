@@ -136,3 +136,24 @@ def test_a_resumed_post_deploy_window_only_watches_the_time_left(tmp_path):
     resumed = Readiness.resume(tmp_path / "run", SyntheticSource(clock, profiles, seed=9), clock)
     assert resumed.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
     assert 600 <= clock() - began <= 600 + 10
+
+
+def test_a_run_waiting_for_approval_resumes_waiting_and_proceeds_once_approved(tmp_path):
+    from loadgate.controller.readiness import approve
+    clock = FakeClock()
+    profiles = {"baseline": Profile(), "canary": Profile()}
+    plan = load_plan(canary_plan(tmp_path, risk="HIGH", extra="""\
+        monitoring: {post_deploy_window: 1m}
+        overrides: [{key: monitoring.post_deploy_window, reason: short-lived cluster}]
+        """))
+    first = Readiness(plan, tmp_path / "run", SyntheticSource(clock, profiles), clock)
+    assert first.run(lambda: clock.advance(5.0), 5000) is RunStatus.WAITING
+    del first
+    again = Readiness.resume(tmp_path / "run", SyntheticSource(clock, profiles), clock)
+    assert again.run(lambda: clock.advance(5.0), 100) is RunStatus.WAITING
+    assert again.machine.state(Node(Stage.DEPLOYMENT, SubStage.STAGING)) is State.OZHIDAET
+    approve(tmp_path / "run", "carol", "resumed and approved", clock)
+    assert again.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED
+    transitions = [r for r in journal(tmp_path / "run") if r["kind"] == "transition"]
+    performance = [r for r in transitions if r["node"] == "performance"]
+    assert [r["to"] for r in performance] == ["NSV:TESTIRUYETSYA", "SV:PROVERENO"]
