@@ -330,6 +330,7 @@ class DistributedRun:
             pending = self.ingest.merger.pending_indices
             if pending and pending[0] <= due:
                 self._emit(self.ingest.merger.release(min(due, pending[-1])))
+            self._check_end()
             if now > end_ns and not self._stopping:
                 self._stopping = True
                 self._spawn(self._stop_agents("the run is overdue"))
@@ -340,9 +341,17 @@ class DistributedRun:
                 await self._finish()
 
     def _check_end(self):
-        if not self._done.is_set() and all(s.state is not AgentState.RUNNING
-                                           for s in self.sessions):
-            self._spawn(self._finish())
+        states = {s.state for s in self.sessions}
+        if self._done.is_set() or AgentState.RUNNING in states:
+            return
+        # A lost agent may come back with its intervals while its shard would still be
+        # running; unless the run is being stopped anyway, wait that long for it.
+        if AgentState.LOST in states and not self._stopping:
+            definition = self.definition
+            wait_s = definition.duration_s + definition.timeout_s + definition.interval_s
+            if time.time_ns() < self.start_ns + int(wait_s * NS):
+                return
+        self._spawn(self._finish())
 
     async def _finish(self):
         if self._done.is_set() or self.status is RunStatus.FINISHING:

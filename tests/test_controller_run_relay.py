@@ -1,8 +1,14 @@
-"""Malformed and out-of-order reports: a real agent behind a gRPC relay that damages its
-report stream (a corrupt histogram, a repeated report, a foreign run id, bytes that are not a
-report).  Each is rejected with a recorded reason, the controller re-requests the stream from
-the last good seq, and the run's totals stay exact."""
+"""A real agent behind a gRPC relay the test controls.
+
+Damaged reports (a corrupt histogram, a repeated report, a foreign run id, bytes that are not
+a report) are each rejected with a recorded reason, the controller re-requests the stream from
+the last good seq, and the run's totals stay exact.  A cut relay makes the agent unreachable
+for longer than the loss timeout: it is declared lost, comes back, and StreamReports from the
+last seq gives every interval exactly once."""
 import asyncio
+import time
+
+import os
 
 import grpc
 import pytest
@@ -10,6 +16,9 @@ import pytest
 from test_controller_run import (assert_seqs_contiguous, completed_in, definition,
                                  journal_reports, real_agents, real_target, sum_reports)
 from loadgate.controller.merge import Metric
+from loadgate.controller.plan_model import AgentLossPolicy
+from loadgate.controller.run_journal import RecordKind, read_journal
+from loadgate.controller.rundir import JOURNAL
 from loadgate.controller.runner import DistributedRun
 from loadgate.proto.loadgate.v1 import common_pb2
 
@@ -21,10 +30,12 @@ class DamagingRelay:
     """Forwards every Agent call to ``upstream`` byte for byte, except that the n-th report
     streamed (counting every stream) is replaced by ``damage(report_bytes)``'s output."""
 
-    def __init__(self, upstream, damages):
+    def __init__(self, upstream, damages=()):
         self.channel = grpc.aio.insecure_channel(upstream)
         self.damages = dict(damages)  # n -> function(bytes) -> list of bytes to send instead
         self.streamed = 0
+        self.cut_until = 0.0  # time.monotonic() before which the relay answers nothing
+        self.upstream_streams = set()
         self.server = grpc.aio.server()
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name))
                     for name in UNARY}
@@ -37,6 +48,8 @@ class DamagingRelay:
         call = self.channel.unary_unary(f"/{SERVICE}/{name}")
 
         async def forward(request, context):
+            if time.monotonic() < self.cut_until:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "relay cut")
             try:
                 return await call(request, timeout=context.time_remaining())
             except grpc.aio.AioRpcError as exc:
@@ -44,12 +57,29 @@ class DamagingRelay:
         return forward
 
     async def _stream(self, request, context):
+        if time.monotonic() < self.cut_until:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "relay cut")
         call = self.channel.unary_stream(f"/{SERVICE}/StreamReports")(request)
-        async for report in call:
-            self.streamed += 1
-            damage = self.damages.pop(self.streamed, None)
-            for item in (damage(report) if damage else [report]):
-                yield item
+        self.upstream_streams.add(call)
+        try:
+            async for report in call:
+                self.streamed += 1
+                damage = self.damages.pop(self.streamed, None)
+                for item in (damage(report) if damage else [report]):
+                    yield item
+        except asyncio.CancelledError:
+            if time.monotonic() >= self.cut_until:
+                raise
+        finally:
+            self.upstream_streams.discard(call)
+        if time.monotonic() < self.cut_until:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "relay cut")
+
+    def cut(self, seconds):
+        """Nothing passes for ``seconds``: calls fail UNAVAILABLE, open streams are broken."""
+        self.cut_until = time.monotonic() + seconds
+        for call in list(self.upstream_streams):
+            call.cancel()
 
     async def start(self):
         await self.server.start()
@@ -112,6 +142,47 @@ def test_damaged_reports_are_rejected_and_the_run_stays_exact(tmp_path):
     reports = journal_reports(run_dir)
     assert_seqs_contiguous(reports)
     assert summary["load"]["sent"] == 600 and completed_in(reports) == 600 == seen
+    for metric in Metric:
+        assert sum_reports(reports, "main", metric) == \
+            run.ingest.totals.targets["main"].histograms[metric]
+
+
+@pytest.mark.slow
+def test_agent_cut_off_then_back_loses_and_doubles_nothing(tmp_path):
+    run_dir = str(tmp_path / "run")
+    with real_target() as (url, requests_seen), real_agents(2) as agents:
+        async def main():
+            relay = DamagingRelay(agents[0].address)
+            relayed = await relay.start()
+            run = DistributedRun(definition(url, rate=200, duration_s=4.0,
+                                            policy=AgentLossPolicy.CONTINUE),
+                                 [relayed, agents[1].address], run_dir)
+
+            def cut_once(merged):
+                if merged.index == 1 and not relay.cut_until:
+                    relay.cut(2.8)
+            run.add_listener(cut_once)
+            try:
+                await run.prepare()
+                await run.start(lead_s=0.3)
+                return run, await run.wait(60)
+            finally:
+                await run.close()
+                await relay.close()
+        run, summary = asyncio.run(main())
+        seen = requests_seen()
+    assert summary["status"] == "completed"
+    lost = summary["agents_lost"]
+    assert len(lost) == 1 and lost[0]["times_lost"] == 1 and lost[0]["final_state"] == "finished"
+    assert lost[0]["unsent"] == 0
+    kinds = [kind for kind, _ in read_journal(os.path.join(run_dir, JOURNAL))]
+    assert kinds.index(RecordKind.AGENT_LOST) < kinds.index(RecordKind.AGENT_BACK)
+    reports = journal_reports(run_dir)
+    assert_seqs_contiguous(reports)
+    # The agent kept generating through the cut (its dead-man time is longer): every request
+    # it sent is in the merge exactly once.
+    assert summary["load"]["sent"] == 800 and completed_in(reports) == 800 == seen
+    assert all(a["state"] == "finished" for a in summary["agents"])
     for metric in Metric:
         assert sum_reports(reports, "main", metric) == \
             run.ingest.totals.targets["main"].histograms[metric]
