@@ -14,6 +14,8 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
+from loadgate.agent import nvml_gpm
+
 FAKE_ENV = "LOADGATE_FAKE_NVML"
 
 # Figures a driver may lack without anything else being wrong; asking again will not help.
@@ -25,7 +27,6 @@ _INIT_REASONS = {
     "NVML_ERROR_NO_PERMISSION": "no permission to open the NVIDIA devices",
     "NVML_ERROR_LIB_RM_VERSION_MISMATCH": "NVML library and kernel driver versions differ",
 }
-MIB = 1 << 20
 
 
 def load_nvml_module():
@@ -113,7 +114,7 @@ class Nvml:
                 pass
             self._event_set = None
         for device in self.devices:
-            self._free_gpm(device)
+            nvml_gpm.release(self, device)
         try:
             self.nvml.nvmlShutdown()
         except self.nvml.NVMLError:
@@ -219,8 +220,9 @@ class Nvml:
             result[device.uuid] = missing
         return result
 
-    def _read(self, device, name, function, *args, **kwargs):
-        # Returns the NVML value, or None when this field cannot be read now.
+    def read(self, device, name, function, *args, **kwargs):
+        """The NVML value, or None when field ``name`` cannot be read now; a permanent
+        error (unsupported, missing function) is recorded and the field never asked again."""
         if name in device.missing:
             return None
         try:
@@ -241,26 +243,26 @@ class Nvml:
         nvml = self.nvml
         out = {"index": device.index, "uuid": device.uuid, "name": device.name,
                "is_mig_device": device.is_mig, "parent_index": device.parent_index}
-        rates = self._read(device, "utilization_percent", nvml.nvmlDeviceGetUtilizationRates,
+        rates = self.read(device, "utilization_percent", nvml.nvmlDeviceGetUtilizationRates,
                            device.handle)
         if rates is not None:
             out["utilization_percent"] = float(rates.gpu)
             out["memory_utilization_percent"] = float(rates.memory)
         out.update(self._memory(device))
-        power = self._read(device, "power_milliwatts", nvml.nvmlDeviceGetPowerUsage, device.handle)
+        power = self.read(device, "power_milliwatts", nvml.nvmlDeviceGetPowerUsage, device.handle)
         if power is not None:
             out["power_milliwatts"] = int(power)
-        energy = self._read(device, "energy_millijoules",
+        energy = self.read(device, "energy_millijoules",
                             nvml.nvmlDeviceGetTotalEnergyConsumption, device.handle)
         if energy is not None:
             out["energy_millijoules"] = int(energy)
-        temperature = self._read(device, "temperature_celsius", nvml.nvmlDeviceGetTemperature,
+        temperature = self.read(device, "temperature_celsius", nvml.nvmlDeviceGetTemperature,
                                  device.handle, nvml.NVML_TEMPERATURE_GPU)
         if temperature is not None:
             out["temperature_celsius"] = int(temperature)
         for name, clock in (("sm_clock_mhz", nvml.NVML_CLOCK_SM),
                             ("memory_clock_mhz", nvml.NVML_CLOCK_MEM)):
-            value = self._read(device, name, nvml.nvmlDeviceGetClockInfo, device.handle, clock)
+            value = self.read(device, name, nvml.nvmlDeviceGetClockInfo, device.handle, clock)
             if value is not None:
                 out[name] = int(value)
         reasons = self._clock_event_reasons(device)
@@ -268,16 +270,16 @@ class Nvml:
             out["clock_event_reasons"] = int(reasons)
         for name, kind in (("ecc_corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
                            ("ecc_uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
-            value = self._read(device, name, nvml.nvmlDeviceGetTotalEccErrors, device.handle,
+            value = self.read(device, name, nvml.nvmlDeviceGetTotalEccErrors, device.handle,
                                kind, nvml.NVML_VOLATILE_ECC)
             if value is not None:
                 out[name] = int(value)
         if device.uuid in self._xid_counts:
             out["xid_errors"] = self._xid_counts[device.uuid]
-        activity = self._gpm_sm_activity(device)
+        activity = nvml_gpm.sm_activity(self, device)
         if activity is not None:
             out["sm_activity_percent"] = activity
-        processes = self._read(device, "processes", nvml.nvmlDeviceGetComputeRunningProcesses,
+        processes = self.read(device, "processes", nvml.nvmlDeviceGetComputeRunningProcesses,
                                device.handle)
         if processes is not None:
             out["processes"] = [{"pid": int(p.pid), "used_memory_bytes": int(p.usedGpuMemory or 0)}
@@ -288,12 +290,12 @@ class Nvml:
     def _memory(self, device):
         nvml = self.nvml
         if "memory_reserved_bytes" not in device.missing:
-            info = self._read(device, "memory_reserved_bytes", nvml.nvmlDeviceGetMemoryInfo,
+            info = self.read(device, "memory_reserved_bytes", nvml.nvmlDeviceGetMemoryInfo,
                               device.handle, version=nvml.nvmlMemory_v2)
             if info is not None:
                 return {"memory_used_bytes": int(info.used), "memory_total_bytes": int(info.total),
                         "memory_reserved_bytes": int(info.reserved)}
-        info = self._read(device, "memory_used_bytes", nvml.nvmlDeviceGetMemoryInfo, device.handle)
+        info = self.read(device, "memory_used_bytes", nvml.nvmlDeviceGetMemoryInfo, device.handle)
         if info is None:
             return {}
         return {"memory_used_bytes": int(info.used), "memory_total_bytes": int(info.total)}
@@ -319,63 +321,6 @@ class Nvml:
                 return None
         device.missing[name] = "this driver has neither clock-event nor throttle reasons"
         return None
-
-    def _gpm_sm_activity(self, device):
-        # GPM needs two samples; the first call only takes one.  MIG devices would need
-        # nvmlGpmMigSampleGet with their GPU-instance id, which NVML does not hand out cheaply.
-        nvml = self.nvml
-        name = "sm_activity_percent"
-        if device.is_mig:
-            device.missing.setdefault(name, "GPM is sampled on the parent GPU only")
-            return None
-        if name in device.missing:
-            return None
-        if device.gpm_previous is None:
-            support = self._read(device, name, nvml.nvmlGpmQueryDeviceSupport, device.handle)
-            if support is None:
-                return None
-            if not support.isSupportedDevice:
-                device.missing[name] = "GPM is not supported on this GPU"
-                return None
-            device.gpm_previous = self._gpm_sample(device)
-            return None
-        current = self._gpm_sample(device)
-        if current is None:
-            return None
-        metrics = nvml.c_nvmlGpmMetricsGet_t()
-        metrics.version = nvml.NVML_GPM_METRICS_GET_VERSION
-        metrics.numMetrics = 1
-        metrics.sample1 = device.gpm_previous
-        metrics.sample2 = current
-        metrics.metrics[0].metricId = nvml.NVML_GPM_METRIC_SM_UTIL
-        result = self._read(device, name, nvml.nvmlGpmMetricsGet, metrics)
-        self._free_sample(device.gpm_previous)
-        device.gpm_previous = current
-        if result is None:
-            return None
-        return float(result.metrics[0].value)
-
-    def _gpm_sample(self, device):
-        nvml = self.nvml
-        sample = self._read(device, "sm_activity_percent", nvml.nvmlGpmSampleAlloc)
-        if sample is None:
-            return None
-        if self._read(device, "sm_activity_percent", nvml.nvmlGpmSampleGet, device.handle,
-                      sample) is None:
-            self._free_sample(sample)
-            return None
-        return sample
-
-    def _free_gpm(self, device):
-        if device.gpm_previous is not None:
-            self._free_sample(device.gpm_previous)
-            device.gpm_previous = None
-
-    def _free_sample(self, sample):
-        try:
-            self.nvml.nvmlGpmSampleFree(sample)
-        except self.nvml.NVMLError:
-            pass  # a sample NVML cannot free is leaked, not fatal to telemetry
 
     def _drain_xid_events(self):
         # Waits 0 ms: only events already queued are counted, the sampler never blocks here.

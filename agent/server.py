@@ -4,6 +4,11 @@ of the load engine, within the limits of its own command line.
 The event loop only answers calls: the load runs in the engine's worker processes, reports
 are encoded on each run's pump thread, telemetry is sampled on its own thread, and the
 dead-man switch is a thread too, so a slow loop can delay a reply but never the switch.
+
+Every authenticated call (Ping above all, but also Describe, Prepare, Start, Adjust, Stop and
+the opening of StreamReports) re-arms the switch; a report stream left open does not, so a
+controller that dies with its stream open still trips it.  A run's switch time is the
+agent's --dead-man, or the RunSpec's dead_man_s when that is shorter.
 """
 import asyncio
 import logging

@@ -8,6 +8,7 @@ import pytest
 import fake_nvml
 from fake_nvml import FakeNvml
 from loadgate.agent import nvml as nvml_layer
+from loadgate.agent import nvml_gpm
 from loadgate.agent.nvml import Nvml, load_nvml_module, open_nvml
 
 GIB = 1 << 30
@@ -208,24 +209,22 @@ def test_fake_named_by_environment_is_loaded(monkeypatch):
 
 
 def _nvml_names_used(source):
-    # Every attribute read off the NVML module object in the layer: functions and constants.
-    tree = ast.parse(source)
+    # Every NVML function, constant or struct the layer names: attributes of the module object
+    # (however reached) and function names passed around as strings.
+    prefixes = ("nvml", "NVML_", "c_nvml")
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id == "nvml" and node.attr.lower().startswith(("nvml", "c_nvml")):
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith(prefixes) \
+                and node.attr not in ("nvml",):
             names.add(node.attr)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and node.value.startswith("nvml") and node.value.isidentifier():
-            names.add(node.value)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and node.value.startswith("NVML_") and node.value.isidentifier():
+                and node.value.startswith(prefixes) and node.value.isidentifier():
             names.add(node.value)
     return names
 
 
 def test_every_nvml_name_the_layer_uses_exists_in_the_installed_bindings():
-    used = _nvml_names_used(inspect.getsource(nvml_layer))
+    used = _nvml_names_used(inspect.getsource(nvml_layer) + inspect.getsource(nvml_gpm))
     assert len(used) > 30
     missing = sorted(name for name in used if not hasattr(pynvml, name))
     assert missing == []
