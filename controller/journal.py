@@ -38,6 +38,7 @@ class StepPhase(enum.Enum):
     ROLLING = "rolling"          # one batch of instances judged
     SWITCH = "switch"            # a blue-green or big-bang switch judged
     POST_DEPLOY = "post_deploy"  # the post-deploy monitoring window judged
+    KNEE = "knee"                # one rate of the knee search (results, not verdict gates)
 
 
 class JournalError(InfrastructureError):

@@ -21,7 +21,8 @@ from loadgate.controller.plan_model import (  # noqa: F401  (re-exported vocabul
 from loadgate.controller.plan_spec import validate
 from loadgate.controller.plan_types import (  # noqa: F401  (re-exported model)
     ApprovalPlan, CanaryPlan, CpuRequirement, Deployment, DowntimeWindow, GatesPlan,
-    GpuRequirement, Hook, HooksPlan, InfrastructurePlan, LoadPlan, MonitoringPlan, Override,
+    GpuRequirement, Hook, HooksPlan, InfrastructurePlan, KneePlan, LoadPlan, MonitoringPlan,
+    Override,
     Plan, RateStep, RelativeGates, RequestPlan, RollbackPlan, RollingPlan, SaturationLimits,
     TargetPlan, ThroughputLimit, build_plan)
 from loadgate.native.errors import ConfigError
@@ -236,6 +237,9 @@ def _cross_checks(data):
     if data.get("agents") and data.get("local_agents"):
         found.append((("local_agents",), "give either agents or local_agents, not both"))
     found += _window_checks(data.get("downtime_window"))
+    knee = data.get("knee") or {}
+    if knee.get("start") and knee.get("max") and knee["max"] < knee["start"]:
+        found.append((("knee", "max"), "must not be below start"))
     return found
 
 

@@ -103,6 +103,10 @@ def run_explain(args, out=None):
                 what = _rollout_text(effective)
                 if result.approval_required:
                     what = "waits in [OZHIDAET] for a recorded approval, then " + what
+            elif sub is SubStage.THROUGHPUT and effective.knee is not None:
+                knee = effective.knee
+                what = (f"{_CHECKS[sub]}, then the knee search: {knee.start:g} to {knee.max:g} "
+                        f"req/s in steps of {knee.step:g}, {format_duration(knee.window_s)} each")
             elif sub is SubStage.STAGING:
                 what = "staging_evidence: a PASS verdict of the STAGING run of " + d.id
             else:

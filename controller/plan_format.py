@@ -95,6 +95,17 @@ GATES = struct(
     Field("relative", RELATIVE),
 )
 
+KNEE = struct(
+    "Find the knee: raise the rate step by step until the latency and error-rate gates fail.",
+    Field("start", number("first rate, requests per second", minimum=0, exclusive_minimum=True),
+          required=True),
+    Field("step", number("rate added per step", minimum=0, exclusive_minimum=True),
+          required=True),
+    Field("max", number("highest rate tried", minimum=0, exclusive_minimum=True),
+          required=True),
+    Field("window", duration("length of each step's window", positive=True)),
+)
+
 CANARY = struct(
     "The canary ramp.",
     Field("steps", listof(percent("canary weight", positive=True), min_items=1)),
@@ -155,6 +166,7 @@ PLAN_SPEC = struct(
         Field("description", string())), required=True),
     Field("targets", listof(TARGET, min_items=1), required=True),
     Field("load", LOAD, required=True),
+    Field("knee", KNEE),
     Field("agents", listof(string("host:port", pattern=r"^[^\s:]+:\d+$"))),
     Field("local_agents", integer(minimum=1)),
     Field("agent_loss", choice(AgentLossPolicy)),

@@ -90,6 +90,14 @@ class LoadPlan:
 
 
 @dataclass(frozen=True)
+class KneePlan:
+    start: float
+    step: float
+    max: float
+    window_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Hook:
     command: tuple = ()
     webhook: str = None
@@ -217,6 +225,7 @@ class Plan:
     deployment: Deployment
     targets: tuple
     load: LoadPlan
+    knee: KneePlan = None
     agents: tuple = ()
     local_agents: int = 1
     agent_loss: AgentLossPolicy = AgentLossPolicy.ABORT
@@ -293,8 +302,11 @@ def build_plan(data, source):
     rollback = data.get("rollback") or {}
     approval = data.get("approval") or {}
     window = data.get("downtime_window")
+    knee = data.get("knee")
     return Plan(
         api_version=data["apiVersion"], deployment=deployment, targets=targets, load=load_plan,
+        knee=None if knee is None else KneePlan(knee["start"], knee["step"], knee["max"],
+                                                _get(knee, "window", 10.0)),
         agents=tuple(_get(data, "agents", ())), local_agents=_get(data, "local_agents", 1),
         agent_loss=_enum(AgentLossPolicy, data.get("agent_loss"), AgentLossPolicy.ABORT),
         gates=GatesPlan(
@@ -378,6 +390,9 @@ def to_canonical(plan):
             "concurrency": load.concurrency, "think_time": load.think_time_s,
             "ramp_to": load.ramp_to,
             "steps": [{"rate": s.rate, "duration": s.duration_s} for s in load.steps]}),
+        "knee": None if plan.knee is None else {
+            "start": plan.knee.start, "step": plan.knee.step, "max": plan.knee.max,
+            "window": plan.knee.window_s},
         "agents": list(plan.agents),
         "local_agents": None if plan.agents else plan.local_agents,
         "agent_loss": plan.agent_loss.value,

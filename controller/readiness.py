@@ -99,6 +99,7 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         self.aborted = None
         self.verdict = None
         self.gpu_unavailable = None
+        self.knee = None
         self.started = clock()
         records = list(self.journal.records())
         if records:

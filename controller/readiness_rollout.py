@@ -19,7 +19,6 @@ from loadgate.controller.gates import GateStatus, combine, evaluate
 from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
 from loadgate.controller.plan_units import format_duration, format_percent
-from loadgate.controller.plan_types import GatesPlan
 from loadgate.controller.states import Node, Stage, State
 from loadgate.controller.verdict import RunStatus
 
@@ -27,8 +26,7 @@ from loadgate.controller.verdict import RunStatus
 class RolloutMixin:
     deploying = False
 
-    def judge_window(self, window, weights, rate, min_s, max_s, judged, pair,
-                     only_errors=False):
+    def judge_window(self, window, weights, rate, min_s, max_s, judged, pair, gates=None):
         """Generator: opens a window and judges it every tick until a decision.
 
         Returns (status, results, measurement): FAIL as soon as a gate fails; PASS once every
@@ -36,9 +34,7 @@ class RolloutMixin:
         """
         self.source.start_window(weights, rate)
         start = self.clock()
-        gates = self.plan.gates
-        if only_errors:
-            gates = GatesPlan(confidence=gates.confidence, error_rate=gates.error_rate)
+        gates = gates or self.plan.gates
         last = None
         while True:
             yield from self._pause()

@@ -7,8 +7,9 @@ import os
 
 from loadgate.controller import verdict as verdict_module
 from loadgate.controller.gates import GateStatus, combine, latency_gate
-from loadgate.controller.journal import StepPhase
+from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Environment, TargetRole
+from loadgate.controller.plan_types import GatesPlan
 from loadgate.controller.plan_units import format_duration
 from loadgate.controller.readiness_checks import (
     check_alert_rules, check_capacity, check_dashboard, check_metrics)
@@ -98,9 +99,11 @@ class PreDeploymentStages:
             if self.plan.monitoring.smoke:
                 self._to(latency, State.V_PROTSESSE, "smoke test at 10% of the rate")
                 smoke_s = max(load.interval_s, 5.0)
+                errors_only = GatesPlan(confidence=self.plan.gates.confidence,
+                                        error_rate=self.plan.gates.error_rate)
                 status, results, _ = yield from self.judge_window(
                     "smoke", weights, load.rate * 0.1, smoke_s, smoke_s, judged, (None, None),
-                    only_errors=True)
+                    errors_only)
                 if status is GateStatus.FAIL:
                     return self._block(latency, "smoke test failed: " + failed_reasons(results))
             self._to(latency, State.VYPOLNYAETSYA,
@@ -133,6 +136,8 @@ class PreDeploymentStages:
                 return self._block(node, failed_reasons(group), {"gates": [r.name for r in group]})
             if status is GateStatus.INCONCLUSIVE:
                 return self._inconclusive(f"{node.title}: " + inconclusive_reasons(group))
+            if node.sub is SubStage.THROUGHPUT and self.plan.knee is not None:
+                yield from self._knee(node)
             self._to(node, done, f"{len(group)} gates passed" if group else
                      "no gates of this kind in the plan", {"gates": [r.name for r in group]})
         self._to(stage, State.PROVERENO, "performance gates passed")
@@ -167,3 +172,33 @@ class PreDeploymentStages:
             yield from self._pause()
         self._to(stage, State.ODOBRENO, "monitoring evidence verified")
         return True
+
+    def _knee(self, node):
+        """Generator: raises the rate by the plan's knee steps while the latency and error-rate
+        gates pass; the knee is the highest rate that passed.  Informational: its windows are
+        journaled as KNEE steps, not verdict gates."""
+        knee = self.plan.knee
+        weights = self.static_weights()
+        judged = [name for name, share in weights.items() if share > 0]
+        slo = GatesPlan(confidence=self.plan.gates.confidence, latency=self.plan.gates.latency,
+                        error_rate=self.plan.gates.error_rate)
+        self.knee = {"rate": None, "stopped_at": None, "reason": "no step passed"}
+        index, rate = 0, knee.start
+        while rate <= knee.max * (1 + 1e-9):
+            label = f"knee {rate:g} req/s"
+            self._to(node, State.VYPOLNYAETSYA, f"knee search: {rate:g} req/s", {"rate": rate})
+            status, results, measurement = yield from self.judge_window(
+                label, weights, rate, knee.window_s, knee.window_s, judged, (None, None), slo)
+            self.journal.append({
+                "kind": RecordKind.STEP.value, "time": self.clock(),
+                "phase": StepPhase.KNEE.value, "window": label, "index": index, "rate": rate,
+                "status": status.value, "results": [r.to_dict() for r in results]})
+            if status is not GateStatus.PASS:
+                reasons = failed_reasons(results) or inconclusive_reasons(results)
+                self.knee.update(stopped_at=rate, reason=f"{status.value} at {rate:g} req/s: "
+                                                         f"{reasons}")
+                break
+            self.knee.update(rate=rate, reason=f"every step up to {rate:g} req/s passed")
+            index, rate = index + 1, knee.start + (index + 1) * knee.step
+        self._to(node, State.TESTIRUYETSYA, f"knee: {self.knee['reason']}", dict(self.knee))
+

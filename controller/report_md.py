@@ -153,6 +153,12 @@ def render(verdict):
     if "type" in verdict.deployment:
         lines += _classification_lines(verdict)
     lines += _gate_lines(verdict)
+    if verdict.knee:
+        knee = verdict.knee
+        found = f"{knee['rate']:g} req/s" if knee["rate"] is not None else "none"
+        lines += ["## Throughput Knee", "",
+                  f"- **Highest rate meeting the latency and error-rate gates**: {found}",
+                  f"- **Search stopped**: {knee['reason']}", ""]
     lines += _rollback_lines(verdict)
     if verdict.overrides:
         lines += ["## Overrides of HIGH-risk defaults", ""]

@@ -14,7 +14,8 @@
   transition records), ``steps`` (canary steps, batches, switches) and ``decisions``
   (approvals, aborts);
 - ``error``: null, or {kind: plan | infrastructure, message} when the run could not measure;
-- ``started``/``finished`` (epoch seconds) and ``plan``, the effective plan (defaults filled).
+- ``started``/``finished`` (epoch seconds) and ``plan``, the effective plan (defaults filled);
+- ``knee``: null, or {rate, stopped_at, reason} when the plan asked for a knee search.
 
 report.md (report_md) and junit.xml (junit) are rendered from the same object.
 """
@@ -85,6 +86,7 @@ class Verdict:
     started: float = None
     finished: float = None
     plan: dict = None
+    knee: dict = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self):
@@ -149,7 +151,7 @@ def build(run):
                                                             RecordKind.ABORT.value)],
         error=None if run.error is None else {"kind": run.error.value,
                                               "message": "; ".join(run.reasons)},
-        started=run.started, finished=run.clock(), plan=plan.to_dict())
+        started=run.started, finished=run.clock(), plan=plan.to_dict(), knee=run.knee)
     verdict.next_steps = next_steps(verdict, plan)
     return verdict
 

@@ -142,6 +142,13 @@ def test_loosening_a_high_risk_default_needs_a_reported_override():
     assert classify(tight).plan.monitoring.post_deploy_window_s == 48 * 3600
 
 
+def test_a_knee_search_must_go_up():
+    issues = issues_of(GOOD + "knee: {start: 500, step: 100, max: 200}\n")
+    assert any(i.key_path == "knee.max" and "below start" in i.message for i in issues)
+    knee = parse_plan(GOOD + "knee: {start: 100, step: 50, max: 400}\n", "k.yaml").knee
+    assert (knee.start, knee.step, knee.max, knee.window_s) == (100, 50, 400, 10.0)
+
+
 def test_an_override_of_something_that_is_not_a_default_is_an_error():
     issues = issues_of(GOOD + "overrides:\n  - {key: load.rate, reason: because}\n")
     assert any(i.key_path == "overrides[0].key" for i in issues)

@@ -260,3 +260,23 @@ def test_losing_the_measurement_before_deploying_blocks_the_running_stage(tmp_pa
     assert readiness.machine.state(Node(Stage.PERFORMANCE, SubStage.LATENCY)) is \
         State.ZABLOKIROVANO
     assert gate_cli.check(str(tmp_path / "run"))[0] == gate_cli.ExitCode.INFRASTRUCTURE_ERROR
+
+
+def test_the_knee_search_finds_the_highest_rate_meeting_the_gates(tmp_path):
+    knee_plan = """\
+        knee: {start: 200, step: 200, max: 1000, window: 10s}
+        """
+    slows_down = Profile(slowdown=10.0, slow_above_rps=700.0)
+    readiness, clock, source = start(tmp_path, {"baseline": slows_down, "canary": Profile()},
+                                     rate=500, extra=knee_plan)
+    assert readiness.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED, \
+        readiness.reasons
+    probes = records(tmp_path / "run", "step", "knee")
+    assert [(p["rate"], p["status"]) for p in probes] == [
+        (200, "PASS"), (400, "PASS"), (600, "PASS"), (800, "FAIL")]
+    verdict = load(tmp_path / "run")
+    assert verdict.knee["rate"] == 600 and verdict.knee["stopped_at"] == 800
+    assert not [g for g in verdict.gates if g.window.startswith("knee")]
+    assert "**Highest rate meeting the latency and error-rate gates**: 600 req/s" in \
+        (tmp_path / "run" / "report.md").read_text()
+    assert [rate for _, _, rate in source.windows][2:6] == [200, 400, 600, 800]
