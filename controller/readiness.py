@@ -134,8 +134,14 @@ class Readiness(PreDeploymentStages, RolloutMixin):
                 self.status = RunStatus(record["run_status"])
         self._read_decisions(records)
 
+    def _journal_step(self, record):
+        self.journal.append(record)
+        self._remember_step(record)
+
     def _remember_step(self, record):
         self.steps.append(record)
+        if record.get("summary") is not None and record.get("phase") == StepPhase.KNEE.value:
+            self.knee = record["summary"]
         if record.get("gates") is not None:
             self.windows[record["window"]] = [GateResult.from_dict(g) for g in record["gates"]]
 
@@ -240,8 +246,7 @@ class Readiness(PreDeploymentStages, RolloutMixin):
                                          "achieved_rps": t.achieved_rps,
                                          "intended_rps": t.intended_rps}
                                   for name, t in measurement.targets.items()}
-        self.journal.append(record)
-        self._remember_step(record)
+        self._journal_step(record)
         return record
 
     def _deployment(self, stage):

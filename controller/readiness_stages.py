@@ -189,7 +189,7 @@ class PreDeploymentStages:
             self._to(node, State.VYPOLNYAETSYA, f"knee search: {rate:g} req/s", {"rate": rate})
             status, results, measurement = yield from self.judge_window(
                 label, weights, rate, knee.window_s, knee.window_s, judged, (None, None), slo)
-            self.journal.append({
+            self._journal_step({
                 "kind": RecordKind.STEP.value, "time": self.clock(),
                 "phase": StepPhase.KNEE.value, "window": label, "index": index, "rate": rate,
                 "status": status.value, "results": [r.to_dict() for r in results]})
@@ -200,5 +200,9 @@ class PreDeploymentStages:
                 break
             self.knee.update(rate=rate, reason=f"every step up to {rate:g} req/s passed")
             index, rate = index + 1, knee.start + (index + 1) * knee.step
+        self._journal_step({"kind": RecordKind.STEP.value, "time": self.clock(),
+                            "phase": StepPhase.KNEE.value, "window": "knee",
+                            "status": GateStatus.PASS.value if self.knee["rate"] else
+                            GateStatus.INCONCLUSIVE.value, "summary": dict(self.knee)})
         self._to(node, State.TESTIRUYETSYA, f"knee: {self.knee['reason']}", dict(self.knee))
 

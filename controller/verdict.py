@@ -146,7 +146,8 @@ def build(run):
                    if c["disposition"] == Disposition.LOOSENED.name],
         gates=gates, reasons=list(run.reasons), next_steps=[], stages=stages,
         transitions=transitions,
-        steps=[{k: v for k, v in s.items() if k != "gates"} for s in run.steps],
+        steps=[{k: v for k, v in s.items() if k not in ("gates", "results")}
+               for s in run.steps],
         decisions=[r for r in records if r.get("kind") in (RecordKind.APPROVAL.value,
                                                             RecordKind.ABORT.value)],
         error=None if run.error is None else {"kind": run.error.value,

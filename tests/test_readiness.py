@@ -271,8 +271,9 @@ def test_the_knee_search_finds_the_highest_rate_meeting_the_gates(tmp_path):
                                      rate=500, extra=knee_plan)
     assert readiness.run(lambda: clock.advance(5.0), 5000) is RunStatus.PASSED, \
         readiness.reasons
-    probes = records(tmp_path / "run", "step", "knee")
-    assert [(p["rate"], p["status"]) for p in probes] == [
+    knee = records(tmp_path / "run", "step", "knee")
+    assert knee[-1]["summary"]["rate"] == 600
+    assert [(p["rate"], p["status"]) for p in knee[:-1]] == [
         (200, "PASS"), (400, "PASS"), (600, "PASS"), (800, "FAIL")]
     verdict = load(tmp_path / "run")
     assert verdict.knee["rate"] == 600 and verdict.knee["stopped_at"] == 800
