@@ -72,6 +72,7 @@ def test_completions_endpoint_and_max_tokens(emulator):
     assert m.histograms["itl_ms"].total_count == 5 * 2
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_exits_by_verdict(emulator, tmp_path):
     out = tmp_path / "result.json"
     base = [sys.executable, "-m", "loadgate.controller.cli", "infer", "llm",
