@@ -24,10 +24,10 @@ import time
 
 import numpy as np
 
-from loadgate.controller.merge import (WIRE_OF_OUTCOME, AgentStream, HistogramLayout,
-                                       IntervalMerger, Metric, RunTotals)
+from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, RunTotals
 from loadgate.controller.run_journal import RunJournal
 from loadgate.controller.runner_ingest import ReportIngest
+from loadgate.controller.runner_reports import AgentStream, HistogramLayout
 from loadgate.native._hdr import Histogram
 from loadgate.native.outcomes import Outcome
 from loadgate.proto.loadgate.v1 import common_pb2

@@ -3,29 +3,22 @@
 Agents start at one agreed instant and report deltas per interval, so interval ``i`` of the
 run is the sum of every agent's interval ``i``: histograms are added bucket by bucket (the
 merged histogram is the histogram of all samples; percentiles are never averaged) and counters
-are summed.  A report is checked completely before anything it carries is merged, and a
-rejected report leaves every total exactly as it was: rejections are data (``Rejection``), so
-the ingest path never raises on hostile input.
-
-Ingest has three steps the runner keeps in order: ``AgentStream.check`` (decode and validate,
-no state changes), journal the accepted report, then ``AgentStream.commit`` and
-``IntervalMerger.add``.
+are summed.  Reports arrive here already decoded and checked (runner_reports.AgentStream);
+a rejected report never reaches the merge, so it leaves every total exactly as it was.
 """
 import enum
 from dataclasses import dataclass, field
 
-from loadgate.native._hdr import Histogram
-from loadgate.native.errors import EncodingError, HistogramError
 from loadgate.native.outcomes import Outcome
 from loadgate.proto.loadgate.v1 import common_pb2
 
 # Outcome as it travels (proto enum number) -> the engine's enum, matched by name.
-_OUTCOME_OF_WIRE = {
+OUTCOME_OF_WIRE = {
     number: Outcome[common_pb2.Outcome.Name(number).removeprefix("OUTCOME_")]
     for number in common_pb2.Outcome.values()
     if number != common_pb2.OUTCOME_UNSPECIFIED
 }
-WIRE_OF_OUTCOME = {outcome: number for number, outcome in _OUTCOME_OF_WIRE.items()}
+WIRE_OF_OUTCOME = {outcome: number for number, outcome in OUTCOME_OF_WIRE.items()}
 
 
 class Metric(enum.Enum):
@@ -34,73 +27,6 @@ class Metric(enum.Enum):
     LATENCY = "latency"
     SERVICE_TIME = "service_time"
     SCHEDULE_LAG = "schedule_lag"
-
-
-class RejectReason(enum.Enum):
-    """Why a report was not merged."""
-
-    MALFORMED = "malformed"
-    WRONG_RUN = "wrong_run"
-    WRONG_AGENT = "wrong_agent"
-    SEQ_REPEAT = "seq_repeat"
-    SEQ_GAP = "seq_gap"
-    AFTER_FINAL = "after_final"
-    INTERVAL_ORDER = "interval_order"
-    UNKNOWN_TARGET = "unknown_target"
-    DUPLICATE_TARGET = "duplicate_target"
-    BAD_OUTCOME = "bad_outcome"
-    BAD_HISTOGRAM = "bad_histogram"
-    HISTOGRAM_LAYOUT = "histogram_layout"
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A report that was refused, with enough to find it again in the agent's log."""
-
-    agent_id: str
-    seq: int
-    interval_index: int
-    reason: RejectReason
-    message: str
-
-    def to_dict(self):
-        return {"agent_id": self.agent_id, "seq": self.seq,
-                "interval_index": self.interval_index, "reason": self.reason.value,
-                "message": self.message}
-
-
-class HistogramLayout:
-    """The histogram parameters of a run, and a pool of empty histograms of that layout.
-
-    Reports are decoded into pooled histograms (``Histogram.decode_and_add``): a fresh
-    histogram per decode costs a 188 KB allocation whose page faults outweigh the decode.
-    """
-
-    SPARE_LIMIT = 4096  # pooled histograms kept after a burst (about 0.8 GB at most)
-
-    def __init__(self, lowest=1, highest=3_600_000_000, significant_figures=3):
-        self.lowest = lowest
-        self.highest = highest
-        self.significant_figures = significant_figures
-        self._spare = []
-
-    def empty(self):
-        return Histogram(self.lowest, self.highest, self.significant_figures)
-
-    def matches(self, histogram):
-        return (histogram.lowest == self.lowest and histogram.highest == self.highest
-                and histogram.significant_figures == self.significant_figures)
-
-    def take(self):
-        """An empty histogram of this layout, from the pool when there is one."""
-        return self._spare.pop() if self._spare else self.empty()
-
-    def give(self, histograms):
-        """Returns histograms to the pool (they are emptied)."""
-        for histogram in histograms:
-            if len(self._spare) < self.SPARE_LIMIT and self.matches(histogram):
-                histogram.reset()
-                self._spare.append(histogram)
 
 
 @dataclass
@@ -136,145 +62,6 @@ class TargetTotals:
         self.late += other.late
         self.bytes_read += other.bytes_read
         return self
-
-
-@dataclass
-class AgentInterval:
-    """One accepted report, decoded: an agent's share of one interval."""
-
-    agent_id: str
-    seq: int
-    index: int
-    start_ns: int  # agent wall clock
-    end_ns: int
-    intended: int
-    sent: int
-    targets: dict  # name -> TargetTotals
-    cpu_seconds: float
-    max_lag_us: int
-    open_connections: int
-    saturated: bool
-    telemetry: list  # TelemetrySample messages
-    final: bool
-    scheduled_total: int
-
-    def release(self, layout):
-        """Hands the decoded histograms back to the pool once they are merged."""
-        for totals in self.targets.values():
-            layout.give(totals.histograms.values())
-        self.targets = {}
-
-
-class AgentStream:
-    """The reports of one agent in one run: decodes them and enforces seq and index order."""
-
-    def __init__(self, run_id, agent_id, target_names, layout):
-        self.run_id = run_id
-        self.agent_id = agent_id
-        self.target_names = frozenset(target_names)
-        self.layout = layout
-        self.last_seq = 0
-        self.last_index = -1
-        self.finished = False
-        self.layout_checked = False
-
-    def check(self, report):
-        """The decoded report (AgentInterval) or a Rejection; changes nothing."""
-        def reject(reason, message):
-            return Rejection(self.agent_id, report.seq, report.interval_index, reason, message)
-
-        if report.run_id != self.run_id:
-            return reject(RejectReason.WRONG_RUN,
-                          f"report for run {report.run_id!r}, expected {self.run_id!r}")
-        if report.agent_id != self.agent_id:
-            return reject(RejectReason.WRONG_AGENT,
-                          f"report from agent {report.agent_id!r} on {self.agent_id!r}'s stream")
-        if self.finished:
-            return reject(RejectReason.AFTER_FINAL,
-                          f"seq {report.seq} after the final report (seq {self.last_seq})")
-        if report.seq <= self.last_seq:
-            return reject(RejectReason.SEQ_REPEAT,
-                          f"seq {report.seq} repeats (last accepted {self.last_seq})")
-        if report.seq != self.last_seq + 1:
-            return reject(RejectReason.SEQ_GAP,
-                          f"seq {report.seq} skips {report.seq - self.last_seq - 1} report(s) "
-                          f"after {self.last_seq}")
-        if report.interval_index < self.last_index:
-            return reject(RejectReason.INTERVAL_ORDER,
-                          f"interval {report.interval_index} after interval {self.last_index}")
-        targets = {}
-        for target in report.targets:
-            problem = self._check_target(target, targets)
-            if problem:
-                for totals in targets.values():
-                    self.layout.give(totals.histograms.values())
-                return reject(*problem)
-        health = report.health
-        return AgentInterval(
-            agent_id=self.agent_id, seq=report.seq, index=report.interval_index,
-            start_ns=report.start_unix_ns, end_ns=report.end_unix_ns,
-            intended=report.intended, sent=report.sent, targets=targets,
-            cpu_seconds=health.cpu_seconds, max_lag_us=health.max_lag_us,
-            open_connections=health.open_connections, saturated=health.saturated,
-            telemetry=list(report.telemetry), final=report.final,
-            scheduled_total=report.scheduled_total)
-
-    def _check_target(self, target, decoded):
-        # Returns (reason, message) for a bad target and fills ``decoded`` for a good one.
-        if target.name not in self.target_names:
-            return RejectReason.UNKNOWN_TARGET, f"target {target.name!r} is not in the run"
-        if target.name in decoded:
-            return RejectReason.DUPLICATE_TARGET, f"target {target.name!r} appears twice"
-        histograms = {}
-        for metric in Metric:
-            problem = self._decode(target.name, metric, getattr(target, metric.value),
-                                   histograms)
-            if problem:
-                self.layout.give(histograms.values())
-                return problem
-        outcomes = {}
-        for entry in target.outcomes:
-            outcome = _OUTCOME_OF_WIRE.get(entry.outcome)
-            if outcome is None:
-                self.layout.give(histograms.values())
-                return (RejectReason.BAD_OUTCOME,
-                        f"target {target.name!r} has unknown outcome {entry.outcome}")
-            outcomes[outcome] = outcomes.get(outcome, 0) + entry.count
-        decoded[target.name] = TargetTotals(histograms, outcomes, target.sent, target.late,
-                                            target.bytes_read)
-        return None
-
-    def _decode(self, name, metric, data, histograms):
-        # The first report of a stream is decoded on its own so its layout can be checked;
-        # later ones go straight into a pooled histogram of the run's layout.
-        if not self.layout_checked:
-            try:
-                histogram = Histogram.decode_binary(data)
-            except (EncodingError, HistogramError) as exc:
-                return RejectReason.BAD_HISTOGRAM, f"target {name!r} {metric.value} histogram: {exc}"
-            if not self.layout.matches(histogram):
-                return (RejectReason.HISTOGRAM_LAYOUT,
-                        f"target {name!r} {metric.value} histogram covers "
-                        f"{histogram.lowest}..{histogram.highest} at "
-                        f"{histogram.significant_figures} digits, the run uses "
-                        f"{self.layout.lowest}..{self.layout.highest} at "
-                        f"{self.layout.significant_figures}")
-        else:
-            histogram = self.layout.take()
-            try:
-                histogram.decode_and_add(data)
-            except (EncodingError, HistogramError) as exc:
-                self.layout.give([histogram])
-                return RejectReason.BAD_HISTOGRAM, f"target {name!r} {metric.value} histogram: {exc}"
-        histograms[metric] = histogram
-        return None
-
-    def commit(self, interval):
-        """Advances the stream past an accepted (and journaled) report."""
-        self.last_seq = interval.seq
-        self.last_index = interval.index
-        self.finished = interval.final
-        self.layout_checked = True
 
 
 @dataclass

@@ -7,7 +7,7 @@ the steps loses nothing that was merged: anything merged was journaled first.
 """
 from google.protobuf.message import DecodeError
 
-from loadgate.controller.merge import AgentInterval, RejectReason, Rejection
+from loadgate.controller.runner_reports import AgentInterval, RejectReason, Rejection
 from loadgate.controller.run_journal import BLOB_FIELD, RecordKind, report_fields
 from loadgate.proto.loadgate.v1 import common_pb2
 

@@ -6,7 +6,7 @@ rewritten from it.  The agents kept their reports (and stopped their load once t
 time passed), so streaming from each agent's last journaled seq collects the rest, each
 interval exactly once.
 """
-from loadgate.controller.merge import AgentStream, RejectReason, Rejection
+from loadgate.controller.runner_reports import AgentStream, RejectReason, Rejection
 from loadgate.controller.run_journal import RecordKind, read_journal, report_payload
 from loadgate.controller.rundir import JOURNAL, RunDir
 from loadgate.controller.runner import DistributedRun

@@ -13,11 +13,12 @@ import time
 import urllib.parse
 from dataclasses import replace
 
-from loadgate.controller.merge import HistogramLayout, Metric, TargetTotals
+from loadgate.controller.merge import Metric, TargetTotals
 from loadgate.controller.readiness_protocol import (Capacity, Gpu, TargetWindow,
                                                     TelemetrySample, WindowMeasurement)
 from loadgate.controller.runner import DistributedRun
 from loadgate.controller.runner_agents import AgentClient
+from loadgate.controller.runner_reports import HistogramLayout
 from loadgate.controller.runner_session import RunStatus
 from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native._hdr import Histogram

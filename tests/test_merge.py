@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from loadgate.controller.merge import (AgentStream, HistogramLayout, IntervalMerger, Metric,
-                                       RejectReason, Rejection, RunTotals, WIRE_OF_OUTCOME)
+from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, RunTotals
+from loadgate.controller.runner_reports import (AgentStream, HistogramLayout, RejectReason,
+                                                Rejection)
 from loadgate.controller.run_journal import (RecordKind, RunJournal, read_journal,
                                              report_payload)
 from loadgate.controller.runner_ingest import ReportIngest
