@@ -44,7 +44,7 @@ class AgentRun:
 
     def __init__(self, run_id, agent_id, load_run, workers, loop, telemetry=None,
                  timeout_s=10.0, dead_man_s=5.0, shard_requests=0, peak_rate=0.0,
-                 target_names=(), scratch_dir=None):
+                 weights=None, scratch_dir=None):
         self.run_id = run_id
         self.agent_id = agent_id
         self.load_run = load_run
@@ -52,7 +52,7 @@ class AgentRun:
         self.dead_man_s = dead_man_s
         self.shard_requests = shard_requests
         self.peak_rate = peak_rate
-        self.target_names = frozenset(target_names)
+        self.weights = dict(weights or {})  # target name -> current traffic share
         self.timeout_s = timeout_s
         self._scratch_dir = scratch_dir
         self.state = RunState.PREPARED

@@ -12,6 +12,7 @@ agent's --dead-man, or the RunSpec's dead_man_s when that is shorter.
 """
 import asyncio
 import logging
+import math
 import os
 import platform
 import shutil
@@ -202,7 +203,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         telemetry=self.telemetry, timeout_s=config.timeout_s,
                         dead_man_s=dead_man_s, shard_requests=schedule.total_count(),
                         peak_rate=peak_rate(spec.schedule),
-                        target_names=[t.name for t in spec.targets], scratch_dir=scratch_dir)
+                        weights={t.name: t.weight for t in config.targets},
+                        scratch_dir=scratch_dir)
 
     def _check_connections(self, config, schedule, workers):
         # The engine's pool sizes are per target across all workers, at least one per worker.
@@ -250,23 +252,26 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"run {run.run_id!r} is not generating load")
         weights = dict(request.weights)
-        if weights:
-            names = run.target_names
-            unknown = set(weights) - names
-            if unknown or any(not (w >= 0) for w in weights.values()) or not any(weights.values()):
+        merged = dict(run.weights, **weights)
+        if set(weights) - set(run.weights) or sum(merged.values()) <= 0 \
+                or not all(math.isfinite(w) and w >= 0 for w in weights.values()):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"weights {weights} must name targets of the run "
+                                f"({sorted(run.weights)}), be finite, non-negative and leave "
+                                "some traffic")
+        scale = request.rate_scale
+        if scale:
+            if not (math.isfinite(scale) and scale > 0):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"weights {weights} must name targets of the run "
-                                    f"({sorted(names)}), be non-negative and not all zero")
-        if request.rate_scale:
-            if not request.rate_scale > 0:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rate_scale must be positive")
+                                    f"rate_scale must be a positive number, got {scale}")
             try:
-                self._check_rate(run.peak_rate * request.rate_scale)
+                self._check_rate(run.peak_rate * scale)
             except NotAllowed as exc:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            run.load_run.set_rate_scale(request.rate_scale)
+            run.load_run.set_rate_scale(scale)
         if weights:
             run.load_run.set_weights(weights)
+            run.weights = merged
         return agent_pb2.AdjustReply(run_id=run.run_id)
 
     async def Stop(self, request, context):
