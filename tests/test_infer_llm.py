@@ -152,6 +152,9 @@ ANSWERS = {
     "http404": _sized(b"no", b"HTTP/1.1 404 Not Found\r\n"),
     "json": _sized(b"{}", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"),
     "garbage": b"SMTP ready\r\n\r\n",
+    # No length, no chunking: the body ends when the server closes the connection.
+    "until_close": _SSE_HEAD + b"Connection: close\r\n\r\n" + _delta("a") + _delta("b") + _DONE,
+    "cut_short": _SSE_HEAD + b"Connection: close\r\n\r\n" + _delta("a"),
 }
 
 
@@ -220,6 +223,8 @@ class ScriptedServer:
         else:
             writer.write(ANSWERS[model])
             await writer.drain()
+            if model in ("until_close", "cut_short"):
+                writer.close()
 
     def stop(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -247,6 +252,7 @@ def _scripted(server, model, count=3, **options):
     ("json", LlmOutcome.STREAM_PARSE_ERROR),
     ("garbage", LlmOutcome.HTTP_PARSE_ERROR),
     ("reset", LlmOutcome.RESET),
+    ("cut_short", LlmOutcome.RESET),
 ])
 def test_failures_are_counted_by_class(scripted, model, outcome):
     m = _scripted(scripted, model)
@@ -272,6 +278,12 @@ def test_cr_line_endings_and_bytewise_delivery(scripted):
     m = _scripted(scripted, "trickle", count=2)
     assert m.outcomes == {LlmOutcome.OK: 2}
     assert m.figures["output_tokens"] == 12
+
+
+def test_a_stream_may_end_with_its_connection(scripted):
+    m = _scripted(scripted, "until_close")
+    assert m.outcomes == {LlmOutcome.OK: 3}
+    assert m.figures["output_tokens"] == 6
 
 
 def test_keep_alive_connections_are_reused(scripted):

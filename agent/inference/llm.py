@@ -183,7 +183,13 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         if self.request is not None:
-            self.client.finish(self, LlmOutcome.RESET, time.monotonic_ns())
+            outcome = LlmOutcome.RESET
+            if self.request.done and self.event_stream:
+                # A body with neither length nor chunking ends when the connection does; the
+                # [DONE] event says the stream itself was complete.
+                self.on_message_complete()
+                outcome = self.outcome
+            self.client.finish(self, outcome, time.monotonic_ns())
         self.client.lost(self)
 
 
