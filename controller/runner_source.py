@@ -85,16 +85,15 @@ class AgentMeasurementSource:
         return result
 
     def start_window(self, weights, rate):
-        with self._lock:
-            self._window = _Window(self.plan.targets)
         if self.run is None:
             self._first_rate = rate
             self._call(self._begin(weights, rate))
         else:
             self._call(self.run.adjust(rate_scale=rate / self._first_rate, weights=dict(weights)))
+        # The window opens once every agent has taken the change, so no interval in it began
+        # under the previous weights or rate.
         with self._lock:
-            self._window.rate = rate
-            self._window.weights = dict(weights)
+            self._window = _Window(self.plan.targets, rate, weights)
 
     async def _begin(self, weights, rate):
         definition = RunDefinition.from_plan(self.plan, self.workers_per_agent)
@@ -149,12 +148,12 @@ class AgentMeasurementSource:
 
 
 class _Window:
-    def __init__(self, targets):
+    def __init__(self, targets, rate, weights):
         self.start_ns = time.time_ns()
         self.end_ns = 0
         self.intended = 0
-        self.rate = 0.0
-        self.weights = {}
+        self.rate = rate
+        self.weights = dict(weights)
         self.targets = {t.name: TargetTotals.empty(HistogramLayout()) for t in targets}
         self.telemetry = []
 
