@@ -1,8 +1,8 @@
 """gRPC unary targets against a real KServe v2 server in its own process on 127.0.0.1.
 
 Run as a script, this file is that server: a grpc.aio GRPCInferenceService whose ModelInfer
-echoes its inputs as outputs (with TLS if given a ``loadgate certs`` directory).  The model name steers it: "missing" is NOT_FOUND, "slow"
-answers after 0.5 s, anything else answers at once.
+echoes its inputs as outputs (with TLS if given a ``loadgate certs`` directory).  The model
+name steers it: "missing" is NOT_FOUND, "slow" answers after 0.5 s, anything else at once.
 """
 import asyncio
 import json

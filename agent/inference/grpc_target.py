@@ -4,8 +4,9 @@ The request is a serialized protobuf read once from a file (binary, or JSON conv
 the method's descriptor) and sent as raw bytes, so no message is built or parsed on the load
 path.  Each arrival starts a call at its intended instant on grpc.aio (or, for a closed-loop
 schedule, each of ``concurrency`` loops calls again when its last call ended); every call
-ends with a gRPC status, which is its outcome.  A call that cannot start because ``max_in_flight`` calls
-are outstanding waits, and the wait is schedule lag, part of its latency.
+ends with a gRPC status, which is its outcome.  A call that cannot start because
+``max_in_flight`` calls are outstanding waits, and the wait is schedule lag, part of its
+latency.
 """
 import asyncio
 import enum
