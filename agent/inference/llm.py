@@ -2,7 +2,8 @@
 
 Per request it measures, from the request's intended start: time to first token (TTFT), the
 end-to-end latency, and from the stream itself every inter-token gap (ITL), the time per
-output token ((last - first) / (n - 1), TPOT) and the output tokens per second.  Token
+output token ((last - first) / (n - 1), TPOT) and the output tokens per second as its user
+saw them (n / end-to-end latency).  Token
 instants are taken when their bytes are read, once per read: tokens that arrive in the same
 read share an instant, as they did on the wire.  ``n`` is the server's ``usage``
 completion_tokens when it reports one, else the number of chunks that carried text.
