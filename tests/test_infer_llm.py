@@ -61,6 +61,8 @@ def test_token_timings_match_the_emulator(emulator):
     # is off by a few timer ticks over nine gaps at most, plus the bucket width (8 µs).
     assert abs(tpot.value_at_percentile(50) - ITL_MS * 1000) <= 500
     assert m.figures["output_tokens"] == 50 * TOKENS
+    assert m.figures["intended_rate"] == 25
+    assert 0 < m.figures["generator_cpu_percent"] < 400
     e2e = m.histograms["latency_ms"].value_at_percentile(50)
     assert e2e >= (TTFT_MS + (TOKENS - 1) * ITL_MS) * 1000
 

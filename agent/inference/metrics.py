@@ -101,7 +101,8 @@ class Gate:
 
 
 # Scalar figures every result has; each target kind adds its own (its module's FIGURES).
-COMMON_FIGURES = ("requests_per_s", "error_rate", "elapsed_s")
+COMMON_FIGURES = ("requests_per_s", "error_rate", "elapsed_s", "generator_cpu_percent",
+                  "intended_rate")
 
 
 def parse_gates(texts, metrics, figures=()):
@@ -143,6 +144,8 @@ class Measurement:
 
     ``metrics`` names the histograms (``latency_ms`` ...); outcomes are members of the
     target kind's outcome enum, whose ``is_success`` property says what counts as completed.
+    ``generator_cpu_percent`` is this process's CPU over the run, in percent of one core (for
+    an in-process model, the model's work included).
     """
 
     def __init__(self, kind, target, schedule, metrics, outcome_enum, log=None):
@@ -156,10 +159,12 @@ class Measurement:
         self.started_ns = None
         self.ended_ns = None
         self.log = log                  # an IntervalLog, or None
+        self._cpu_at_start = None       # process CPU seconds when the clock started
 
     def begin(self, start_ns):
         """The run's clock starts at ``start_ns`` (monotonic), and so does its first interval."""
         self.started_ns = start_ns
+        self._cpu_at_start = time.process_time()
         if self.log is not None:
             self.log.open(start_ns)
 
@@ -173,6 +178,12 @@ class Measurement:
         """The run is over: throughput counts up to ``last_completion_ns``; the last interval
         closes now."""
         self.ended_ns = last_completion_ns
+        # The generator judges itself: a client that used most of a core was likely the
+        # bottleneck, and its latencies are its own as much as the target's.
+        self.figures["generator_cpu_percent"] = (
+            100.0 * (time.process_time() - self._cpu_at_start) / self.elapsed_s)
+        if self.schedule.is_open_loop:
+            self.figures["intended_rate"] = self.schedule.total_count() / self.schedule.duration_s
         if self.log is not None:
             self.log.roll(max(time.monotonic_ns(), self.log.opened_ns))
 
