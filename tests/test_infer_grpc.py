@@ -125,9 +125,10 @@ def test_calls_beyond_the_in_flight_cap_wait_and_are_given_up(server):
 
 
 def test_closed_loop_calls_again_when_the_last_call_ended(server):
-    # Two loops on a 0.5 s model for 0.7 s: each issues a call at 0 and at 0.5 s, then stops.
+    # Two loops on a 0.5 s model for 0.9 s: each issues a call at 0 and when it returns at
+    # about 0.5 s; that one returns after 0.9 s, so the loop stops.
     m = run_grpc(GrpcConfig(server, KSERVE_INFER, _request("slow").SerializeToString(),
-                            ClosedLoop(2, 0.7)))
+                            ClosedLoop(2, 0.9)))
     assert m.outcomes == {GrpcOutcome.OK: 4}
 
 
