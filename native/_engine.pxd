@@ -71,7 +71,7 @@ cdef class WorkerEngine:
     cdef int64_t intended, dispatched, timer_wakeups
     cdef object on_drained
     cdef object sweep_handle
-    cdef bint users_started
+    cdef bint users_started, stopped
     cdef int64_t unscheduled
     cdef bint refill(self) except -1
     cdef void end_generation(self) except *

@@ -265,7 +265,7 @@ cdef class WorkerEngine:
         self.timer_fd = -1
         self.batch_size = 16
         self.batch_pos = self.batch_len = 0
-        self.generating = self.started = self.users_started = False
+        self.generating = self.started = self.users_started = self.stopped = False
         self.intended = self.dispatched = self.timer_wakeups = self.unscheduled = 0
         self.on_drained = None
         self.sweep_handle = None
@@ -446,12 +446,13 @@ cdef class WorkerEngine:
         self.check_drained()
 
     def stop(self):
-        """Stops generating now; arrivals not yet due are counted NOT_SENT (each charged to
-        the target the weighted split gives it)."""
+        """Stops generating now (or before it started); arrivals not yet due are counted
+        NOT_SENT, each charged to the target the weighted split gives it."""
         cdef Py_ssize_t remaining
         cdef TargetState target
-        if not self.generating:
+        if self.stopped:
             return
+        self.stopped = True
         if self.open_loop:
             remaining = self.batch_len - self.batch_pos
             self.batch_pos = self.batch_len

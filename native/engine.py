@@ -18,13 +18,14 @@ import threading
 import time
 
 from loadgate.native.engine_config import (EngineConfig, RequestTemplate, RotateMode, TargetSpec,
-                                           build_requests)
+                                           build_requests, load_rotate_file)
 from loadgate.native.engine_snapshot import IntervalSnapshot, RunResult, TargetInterval
 from loadgate.native.engine_worker import Message
 from loadgate.native.errors import ConfigError, EngineError
 
 __all__ = ["EngineConfig", "IntervalSnapshot", "LoadRun", "RequestTemplate", "RotateMode",
-           "RunResult", "TargetInterval", "TargetSpec", "build_requests", "run_once"]
+           "RunResult", "TargetInterval", "TargetSpec", "build_requests", "load_rotate_file",
+           "run_once"]
 
 # Workers import numpy, uvloop and the engine before they can connect; on a busy machine
 # that takes seconds, and a worker that never reports READY has failed.

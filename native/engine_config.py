@@ -55,6 +55,10 @@ class RequestTemplate:
         self.method = str(self.method).upper()
         if not self.method.isalpha():
             raise ConfigError(f"not an HTTP method: {self.method!r}")
+        if self.method == "HEAD":
+            # The answer's Content-Length describes a body that never comes; the parser would
+            # wait for it and every request would time out.
+            raise ConfigError("HEAD requests are not supported; use GET")
         self.headers = tuple((str(k), str(v)) for k, v in self.headers)
         for name, value in self.headers:
             if not name or any(c in name + value for c in "\r\n") or ":" in name:
@@ -244,6 +248,21 @@ def _split_requests(data):
     return [e.lstrip(b"\n") for e in entries if e.strip()]
 
 
+def load_rotate_file(path, mode):
+    """The entries of a rotation file as bytes: bodies (``mode="bodies"``) or raw request
+    texts with LF line ends (``mode="requests"``), in file order; ConfigError if the file is
+    unreadable or holds none."""
+    mode = RotateMode(mode)
+    data = _read_rotation(path)
+    if mode is RotateMode.BODIES:
+        entries = [line for line in data.splitlines() if line.strip()]
+    else:
+        entries = _split_requests(data)
+    if not entries:
+        raise ConfigError(f"rotation file {path!r} holds no requests")
+    return entries
+
+
 def build_requests(spec):
     """The raw requests (bytes) a worker rotates through for ``spec``; ConfigError if the
     rotation file is missing, empty or malformed."""
@@ -252,13 +271,8 @@ def build_requests(spec):
     path = template.path or spec.url_path
     if template.rotate_file is None:
         return [_render(template.method, path, template.headers, template.body, host)]
-    data = _read_rotation(template.rotate_file)
+    entries = load_rotate_file(template.rotate_file, template.rotate_mode)
     if template.rotate_mode is RotateMode.BODIES:
-        requests = [_render(template.method, path, template.headers, line, host)
-                    for line in data.splitlines() if line.strip()]
-    else:
-        requests = [_parse_raw_request(e, host, f"{template.rotate_file} entry {i + 1}")
-                    for i, e in enumerate(_split_requests(data))]
-    if not requests:
-        raise ConfigError(f"rotation file {template.rotate_file!r} holds no requests")
-    return requests
+        return [_render(template.method, path, template.headers, body, host) for body in entries]
+    return [_parse_raw_request(entry, host, f"{template.rotate_file} entry {i + 1}")
+            for i, entry in enumerate(entries)]

@@ -228,3 +228,16 @@ def test_requests_wait_for_a_busy_pool_in_arrival_order():
     assert total.late >= 150
     assert 10_000 <= total.latency.min and 950_000 <= total.latency.max <= 1_400_000
     assert total.service_time.max < 200_000
+
+
+def test_a_run_stopped_before_its_start_counts_every_arrival_not_sent():
+    schedule = ConstantRate(100, 2.0)
+    with target() as url:
+        run = LoadRun(config(url + "/", schedule, connections=1), workers=2)
+        run.start(start_at_ns=time.time_ns() + 30_000_000_000)
+        run.stop()
+        result = run.join(timeout=30)
+    total = result.totals.combined()
+    assert result.scheduled == 200
+    assert outcome_counts(total) == {Outcome.NOT_SENT: 200}
+    assert total.sent == 0 and result.intervals[-1].final

@@ -2,7 +2,8 @@
 wire form of a configuration."""
 import pytest
 
-from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec, build_requests
+from loadgate.native.engine import (EngineConfig, RequestTemplate, TargetSpec, build_requests,
+                                    load_rotate_file)
 from loadgate.native.errors import ConfigError
 from loadgate.native.outcomes import Outcome, outcome_for_status
 from loadgate.native.schedule import Poisson
@@ -63,6 +64,7 @@ def test_missing_rotation_file_is_a_config_error(tmp_path):
     lambda: TargetSpec("t", "http:///path"),
     lambda: TargetSpec("t", "http://h/", weight=-1),
     lambda: RequestTemplate(method="GE T"),
+    lambda: RequestTemplate(method="HEAD"),
     lambda: RequestTemplate(headers=(("X", "a\r\nInjected: 1"),)),
     lambda: RequestTemplate(rotate_mode="lines"),
     lambda: EngineConfig([], Poisson(10, 1, 1)),
@@ -94,3 +96,16 @@ def test_status_classes():
         Outcome.OK_2XX, Outcome.OK_2XX, Outcome.REDIRECT_3XX, Outcome.CLIENT_4XX,
         Outcome.SERVER_5XX, Outcome.PARSE_ERROR, Outcome.PARSE_ERROR]
     assert [o.label for o in Outcome][:4] == ["2xx", "3xx", "4xx", "5xx"]
+
+
+def test_rotation_entries_can_be_shipped_and_written_back(tmp_path):
+    # The controller reads entries, ships them, and an agent writes them back to a file.
+    source = tmp_path / "source"
+    source.write_bytes(b"GET /a HTTP/1.1\r\nX: 1\r\n\r\n%%\nPOST /b HTTP/1.1\n\nbody\n")
+    entries = load_rotate_file(str(source), "requests")
+    assert entries == [b"GET /a HTTP/1.1\nX: 1\n", b"POST /b HTTP/1.1\n\nbody"]
+    copy = tmp_path / "copy"
+    copy.write_bytes(b"\n%%\n".join(entries) + b"\n")
+    spec = lambda path: TargetSpec("t", "http://h/", request=RequestTemplate(
+        rotate_file=str(path), rotate_mode="requests"))
+    assert build_requests(spec(copy)) == build_requests(spec(source))
