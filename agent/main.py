@@ -37,7 +37,8 @@ INSECURE_WARNING = (
 def register(subparsers):
     parser = subparsers.add_parser(
         "agent", help="run a load-generating agent (gRPC) on this node",
-        description=__doc__.splitlines()[0])
+        description="Run the Agent gRPC service on this node: it generates load for a "
+                    "controller, within its own allowlist and caps.")
     parser.add_argument("--listen", default="127.0.0.1:0",
                         help="HOST:PORT to serve on (port 0: any free port)")
     parser.add_argument("--agent-id", default="", help="stable id (default hostname:port)")

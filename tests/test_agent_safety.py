@@ -3,6 +3,7 @@ rates and connections over its caps.  Real agent subprocesses, real gRPC on loop
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_helpers import AGENT_COMMAND, run_spec, start_agent
 from loadgate.agent.safety import Allowlist, NotAllowed, is_loopback_listen, parse_allow_entry
-from loadgate.native.errors import ConfigError
+from loadgate.agent.server import MAX_CONCURRENT_RPCS
+from loadgate.native.errors import ConfigError, InfrastructureError
 from loadgate.proto.loadgate.v1 import agent_pb2, common_pb2
 
 # Documentation addresses (RFC 5737): never routed, and never contacted by these tests
@@ -378,3 +380,41 @@ def test_agent_module_runs_standalone():
                             capture_output=True, text=True, timeout=60,
                             env=dict(os.environ))
     assert result.returncode == 0 and "--dead-man" in result.stdout
+
+
+def test_a_port_in_use_is_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _agent_exit(["--listen", f"127.0.0.1:{port}"])
+    assert result.returncode == InfrastructureError.exit_code
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_concurrent_calls_beyond_the_limit_are_refused(capped_agent):
+    _prepare(capped_agent, "watched", run_spec("http://127.0.0.1:9/", 10, 1.0))
+    # streams of a run not yet started wait for its reports, each holding one call slot;
+    # several connections, since each carries at most MAX_CONCURRENT_STREAMS at once
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    stubs = [capped_agent.stub(options=own_connection) for _ in range(4)]
+    request = agent_pb2.StreamReportsRequest(run_id="watched")
+    streams = [stubs[i % 4].StreamReports(request, timeout=60)
+               for i in range(MAX_CONCURRENT_RPCS + 8)]
+    deadline = time.monotonic() + 10
+    while sum(s.done() for s in streams) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refused = [s for s in streams if s.done()]
+    assert len(refused) == 8
+    assert {s.code() for s in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    for stream in streams:
+        stream.cancel()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            capped_agent.stub().Stop(agent_pb2.StopRequest(run_id="watched"), timeout=10)
+            break
+        except grpc.RpcError as error:
+            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "cancelled streams never freed their slots"
+            time.sleep(0.1)
