@@ -177,6 +177,38 @@ def verdict(ok):
     return "meets goal" if ok else "MISSES goal"
 
 
+def measure_round(found, args, with_loadgate):
+    """One of each run, back to back, so the runs of a round share the machine's conditions."""
+    runs = {"load_average": float(open("/proc/loadavg").read().split()[0])}
+    workdir = tempfile.mkdtemp(prefix="lg-bench-")
+    nginx, port = start_nginx(found["nginx"], args.server_core, workdir)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        if "wrk2" in found:
+            runs["wrk2_fixed"] = run_wrk(found["wrk2"], url, args, fixed_rate=True)
+        if with_loadgate:
+            runs["loadgate_fixed"] = run_loadgate(url, args, workdir, closed=False)
+        runs["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
+        if with_loadgate:
+            runs["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
+        if "wrk2" in found and args.target_rate:
+            runs["nginx_at_target_rate"] = run_wrk(found["wrk2"], url, args, True,
+                                                   args.target_rate, 100)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if "wrk2" in found and args.target_rate:
+        target, port = start_target(args.server_core)
+        try:
+            runs["target_at_target_rate"] = run_wrk(
+                found["wrk2"], f"http://127.0.0.1:{port}/", args, True, args.target_rate, 100)
+        finally:
+            target.terminate()
+            target.wait(10)
+    return runs
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=15, help="seconds per run")
@@ -184,6 +216,8 @@ def main(argv=None):
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--generator-core", type=int, default=0)
     parser.add_argument("--server-core", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every run this often; ratios are reported per round and as medians")
     parser.add_argument("--peers-only", action="store_true", help="skip loadgate")
     parser.add_argument("--target-rate", type=int, default=20000,
                         help="rate for the built-in target's check (0 skips it)")
@@ -194,75 +228,81 @@ def main(argv=None):
     with_loadgate = not args.peers_only and loadgate_available()
     results = {"machine": {"cpus": os.cpu_count(), "generator_core": args.generator_core,
                            "server_core": args.server_core},
-               "rate": args.rate, "duration_s": args.duration, "connections": args.connections}
-    workdir = tempfile.mkdtemp(prefix="lg-bench-")
-    nginx, port = start_nginx(found["nginx"], args.server_core, workdir)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        if "wrk2" in found:
-            results["wrk2_fixed"] = run_wrk(found["wrk2"], url, args, fixed_rate=True)
-        if with_loadgate:
-            results["loadgate_fixed"] = run_loadgate(url, args, workdir, closed=False)
-        results["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
-        if with_loadgate:
-            results["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
-        if "wrk2" in found and args.target_rate:
-            results["nginx_at_target_rate"] = run_wrk(found["wrk2"], url, args, True,
-                                                      args.target_rate, 100)
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-    if "wrk2" in found and args.target_rate:
-        target, port = start_target(args.server_core)
-        try:
-            results["target_at_target_rate"] = run_wrk(
-                found["wrk2"], f"http://127.0.0.1:{port}/", args, True, args.target_rate, 100)
-        finally:
-            target.terminate()
-            target.wait(10)
-    report(results, args)
+               "rate": args.rate, "duration_s": args.duration, "connections": args.connections,
+               "rounds": []}
+    print(f"nginx on core {args.server_core}, generators on core {args.generator_core}, "
+          f"{args.connections} connections, {args.duration} s per run")
+    for number in range(args.rounds):
+        runs = measure_round(found, args, with_loadgate)
+        results["rounds"].append(runs)
+        print(f"\nround {number + 1} of {args.rounds} (load average {runs['load_average']:.2f} "
+              f"before it)")
+        report(runs, args)
+    if args.rounds > 1:
+        summarise(results)
+    if not with_loadgate:
+        print("loadgate bench is not available (or --peers-only): peers measured alone")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
 
-def report(results, args):
-    print(f"nginx on core {args.server_core}, generators on core {args.generator_core}, "
-          f"{args.connections} connections, {args.duration} s per run")
+def report(runs, args):
     print(f"{'run':<22}{'requests':>10}{'req/s':>11}{'errors':>8}{'CPU s':>8}{'CPU s/1M':>10}")
     for name in ("wrk2_fixed", "loadgate_fixed", "wrk_max", "loadgate_max",
                  "nginx_at_target_rate", "target_at_target_rate"):
-        run = results.get(name)
+        run = runs.get(name)
         if run:
             print(f"{name:<22}{run['requests']:>10}{run['rate']:>11.0f}{run['errors']:>8}"
                   f"{run['cpu_s']:>8.2f}{per_million(run):>10.2f}")
-    lg, w2 = results.get("loadgate_fixed"), results.get("wrk2_fixed")
+    lg, w2 = runs.get("loadgate_fixed"), runs.get("wrk2_fixed")
     if lg and w2:
-        ratio = per_million(lg) / per_million(w2)
-        results["cpu_ratio_loadgate_over_wrk2"] = ratio
+        ratio = runs["cpu_ratio"] = per_million(lg) / per_million(w2)
         print(f"(1) CPU per 1M requests at {args.rate} req/s: loadgate {per_million(lg):.2f} s, "
               f"wrk2 {per_million(w2):.2f} s -> ratio {ratio:.2f} (goal <= 0.8, {verdict(ratio <= 0.8)})")
+        if lg.get("self_cpu_s") is not None:
+            steady = lg["self_cpu_s"] / max(lg["requests"], 1) * 1e6
+            runs["cpu_ratio_self_reported"] = steady / per_million(w2)
+            print(f"    loadgate's own count of its workers' CPU (no interpreter start-up): "
+                  f"{steady:.2f} s per 1M -> ratio {steady / per_million(w2):.2f}")
     if lg:
         lag = lg["lag_us"]
         print(f"(2) schedule lag at {args.rate} req/s: p50 {lag['p50']} µs, p99 {lag['p99']} µs, "
               f"p99.9 {lag['p99.9']} µs, max {lag['max']} µs "
               f"(goals p50 <= 20, p99 <= 200: {verdict(lag['p50'] <= 20 and lag['p99'] <= 200)})")
-    lgm, wm = results.get("loadgate_max"), results.get("wrk_max")
+    lgm, wm = runs.get("loadgate_max"), runs.get("wrk_max")
     if lgm and wm:
-        ratio = lgm["rate"] / wm["rate"]
-        results["throughput_ratio_loadgate_over_wrk"] = ratio
+        ratio = runs["throughput_ratio"] = lgm["rate"] / wm["rate"]
         print(f"(3) max throughput, {args.connections} connections: loadgate {lgm['rate']:.0f} req/s, "
               f"wrk {wm['rate']:.0f} req/s -> ratio {ratio:.2f} (goal >= 1.0, {verdict(ratio >= 1.0)})")
-    tg, ng = results.get("target_at_target_rate"), results.get("nginx_at_target_rate")
+    tg, ng = runs.get("target_at_target_rate"), runs.get("nginx_at_target_rate")
     if tg and ng:
         print(f"(4) loadgate target on one core under wrk2 -R{args.target_rate} -c100: "
               f"{tg['rate']:.0f} req/s (nginx {ng['rate']:.0f}), p50 {tg['latency_us'].get('p50')} µs "
               f"p99 {tg['latency_us'].get('p99')} µs (nginx p50 {ng['latency_us'].get('p50')} µs "
               f"p99 {ng['latency_us'].get('p99')} µs), rate ratio {tg['rate'] / ng['rate']:.2f}")
-    if not lg:
-        print("loadgate bench is not available (or --peers-only): peers measured alone")
+
+
+def summarise(results):
+    rounds = results["rounds"]
+
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    summary = results["summary"] = {
+        "cpu_ratio_median": median(r.get("cpu_ratio") for r in rounds),
+        "cpu_ratio_self_reported_median": median(r.get("cpu_ratio_self_reported") for r in rounds),
+        "throughput_ratio_median": median(r.get("throughput_ratio") for r in rounds),
+        "lag_p50_us_median": median(r["loadgate_fixed"]["lag_us"]["p50"]
+                                    for r in rounds if "loadgate_fixed" in r),
+        "lag_p99_us_median": median(r["loadgate_fixed"]["lag_us"]["p99"]
+                                    for r in rounds if "loadgate_fixed" in r),
+    }
+    print(f"\nmedians over {len(rounds)} rounds: " + ", ".join(
+        f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in summary.items() if value is not None))
 
 
 if __name__ == "__main__":
