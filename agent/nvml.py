@@ -19,8 +19,10 @@ from loadgate.agent import nvml_gpm
 FAKE_ENV = "LOADGATE_FAKE_NVML"
 
 # Figures a driver may lack without anything else being wrong; asking again will not help.
+# (INVALID_ARGUMENT is what several calls answer for a MIG device handle.)
 _PERMANENT_CODES = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
-                    "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_ARGUMENT_VERSION_MISMATCH")
+                    "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_ARGUMENT_VERSION_MISMATCH",
+                    "NVML_ERROR_INVALID_ARGUMENT")
 _INIT_REASONS = {
     "NVML_ERROR_LIBRARY_NOT_FOUND": "NVML library not found (no NVIDIA driver installed on this node)",
     "NVML_ERROR_DRIVER_NOT_LOADED": "the NVIDIA driver is not loaded",
@@ -58,6 +60,7 @@ class _Device:
     # field name -> why NVML cannot give it; such fields are never asked for again
     missing: dict = field(default_factory=dict)
     gpm_previous: object = None
+    memory_total_bytes: int = 0  # read once at open: Describe never calls NVML
 
 
 class Nvml:
@@ -98,6 +101,8 @@ class Nvml:
             return self
         for index in range(count):
             self._add_gpu(index)
+        for device in self.devices:
+            device.memory_total_bytes = self._memory(device).get("memory_total_bytes", 0)
         if not self.devices:
             self.unavailable_reason = "NVML found no GPUs on this node"
         self._register_xid_events()
@@ -190,16 +195,16 @@ class Nvml:
     # -- sampling -------------------------------------------------------------------------
 
     def describe(self):
-        """One dict per physical GPU for NodeInfo: index, uuid, name, memory, MIG state."""
+        """One dict per physical GPU for NodeInfo: index, uuid, name, memory, MIG state.
+        Answers from what ``open`` read, so any thread may call it."""
         gpus = []
         for device in self.devices:
             if device.is_mig:
                 continue
             mig = [d for d in self.devices if d.is_mig and d.parent_index == device.index]
-            total = self._memory(device).get("memory_total_bytes", 0)
             gpus.append({"index": device.index, "uuid": device.uuid, "name": device.name,
-                         "memory_total_bytes": total, "mig_enabled": bool(mig),
-                         "mig_devices": len(mig)})
+                         "memory_total_bytes": device.memory_total_bytes,
+                         "mig_enabled": bool(mig), "mig_devices": len(mig)})
         return gpus
 
     def sample(self):
