@@ -17,6 +17,7 @@ class RunProgress:
         self.completed = 0
         self.errors = 0
         self.last = None
+        self.intervals = 0
         self._live = Live(console=self.console, refresh_per_second=4, transient=False,
                           auto_refresh=False)
 
@@ -32,7 +33,10 @@ class RunProgress:
     def on_interval(self, merged):
         self.completed += merged.completed
         self.errors += merged.errors
-        if not merged.correction:
+        self.intervals += not merged.correction
+        # The agents' closing intervals (outstanding requests draining) are mostly empty; the
+        # table keeps the last one that carried traffic.
+        if not merged.correction and (merged.sent or merged.completed or self.last is None):
             self.last = merged
         self._live.update(self.render(), refresh=True)
 
@@ -42,7 +46,7 @@ class RunProgress:
         states = [s.state for s in run.sessions]
         header = Text.assemble(
             (f"{run.run_id} ", "bold"), f"{run.status.value}  ",
-            f"interval {self.last.index + 1 if self.last else 0}/{total_intervals}  ",
+            f"interval {self.intervals} of {total_intervals} planned  ",
             f"completed {self.completed}  errors {self.errors}  ",
             f"agents {states.count(AgentState.RUNNING) + states.count(AgentState.FINISHED)}"
             f"/{len(states)}",

@@ -4,6 +4,7 @@ other tests/test_controller_run_*.py files."""
 import asyncio
 import contextlib
 import http.client
+import io
 import json
 import os
 import subprocess
@@ -238,3 +239,19 @@ downtime_window: {{start: "2025-01-01T00:00:00+00:00", end: "2025-01-01T01:00:00
     assert summary["load"]["sent"] == 300 == seen
     assert "run directory:" in result.stdout
     assert os.path.exists(run_dir / "agents" / "agent-0.log")
+
+
+@pytest.mark.slow
+def test_live_progress_shows_the_latest_interval(three_agent_run):
+    run, _, intervals, _, _ = three_agent_run
+    from rich.console import Console
+    from loadgate.controller.progress import RunProgress
+    out = io.StringIO()
+    progress = RunProgress(run, Console(file=out, width=120, force_terminal=False))
+    for merged in intervals:
+        progress.on_interval(merged)
+    out.truncate(0)
+    progress.console.print(progress.render())
+    text = out.getvalue()
+    assert run.run_id in text and "completed 600" in text and "agents 3/3" in text
+    assert "baseline" in text and "canary" in text and "p99 ms" in text
