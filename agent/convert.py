@@ -68,9 +68,9 @@ def _rotate_file(target, directory):
     for item in items:
         if raw and (b"\n%%\n" in b"\n" + item.replace(b"\r\n", b"\n") + b"\n"):
             raise ConfigError(f"target {target.name!r}: a rotated request contains a %% line")
-        if not raw and (not item or b"\n" in item or b"\r" in item):
-            raise ConfigError(f"target {target.name!r}: rotated bodies must be non-empty "
-                              "single lines")
+        if not raw and (not item.strip() or b"\n" in item or b"\r" in item):
+            raise ConfigError(f"target {target.name!r}: rotated bodies must be single lines "
+                              "that are not blank")
     path = os.path.join(directory, f"rotate-{len(os.listdir(directory))}")
     with open(path, "wb") as handle:
         handle.write((b"\n%%\n" if raw else b"\n").join(items) + b"\n")
