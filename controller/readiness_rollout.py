@@ -30,28 +30,34 @@ class RolloutMixin:
         """Generator: opens a window and judges it every tick until a decision.
 
         Returns (status, results, measurement): FAIL as soon as a gate fails; PASS once every
-        gate passes and min_s has elapsed; at max_s whatever the gates say then.
+        gate passes and the measurement covers min_s; whatever the gates say once it covers
+        max_s.  Coverage is the measured time the source reports, not the clock: agents'
+        reports arrive late under load, and a window must not close before its data.  A source
+        that falls further behind than report_grace_s is judged on what it has.
         """
         self.source.start_window(weights, rate)
         start = self.clock()
         gates = gates or self.plan.gates
+        grace = max(5.0, 4 * self.plan.load.interval_s)
         last = None
         while True:
             yield from self._pause()
             measurement = self.source.collect()
             elapsed = self.clock() - start
+            covered = measurement.duration_s
             results = evaluate(gates, measurement, window, judged, *pair,
                                gpu_unavailable=self.gpu_unavailable)
             status = combine(results)
             if status is not last:
                 self.journal.append({
                     "kind": RecordKind.STEP.value, "time": self.clock(),
-                    "phase": StepPhase.EVALUATION.value, "window": window, "status": status.value, "elapsed": elapsed,
+                    "phase": StepPhase.EVALUATION.value, "window": window,
+                    "status": status.value, "elapsed": elapsed, "covered": covered,
                     "samples": {name: t.latency.total_count
                                 for name, t in measurement.targets.items()}})
                 last = status
-            if status is GateStatus.FAIL or elapsed >= max_s or (
-                    status is GateStatus.PASS and elapsed >= min_s):
+            if status is GateStatus.FAIL or covered >= max_s or elapsed >= max_s + grace or (
+                    status is GateStatus.PASS and covered >= min_s):
                 return status, results, measurement
 
     def _finished_steps(self, phase):
