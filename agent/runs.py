@@ -60,7 +60,8 @@ class AgentRun:
         self.start_unix_ns = 0
         self._telemetry = telemetry
         self._loop = loop
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reports and the state
+        self._control = threading.Lock()  # start and stop of the engine
         self._reports = []
         self._changed = asyncio.Event()
         self._stop_requested_at = None
@@ -71,32 +72,41 @@ class AgentRun:
     # -- control (any thread) -------------------------------------------------------------
 
     def start(self, start_unix_ns):
-        """Starts the engine at ``start_unix_ns``; only a PREPARED run may start."""
-        with self._lock:
-            if self.state is not RunState.PREPARED:
-                return False
-            self.state = RunState.RUNNING
-            self.start_unix_ns = start_unix_ns
-            self._telemetry_from = start_unix_ns
-        self.load_run.start(start_at_ns=start_unix_ns)
-        self._pump.start()
-        return True
+        """Starts the engine at ``start_unix_ns``; False unless the run is PREPARED.  If the
+        engine cannot start, the run fails (final report) and the error is raised."""
+        with self._control:
+            with self._lock:
+                if self.state is not RunState.PREPARED:
+                    return False
+                self.state = RunState.RUNNING
+                self.start_unix_ns = start_unix_ns
+                self._telemetry_from = start_unix_ns
+            try:
+                self.load_run.start(start_at_ns=start_unix_ns)
+            except Exception as exc:
+                self._fail(f"the engine did not start: {exc}")
+                raise
+            self._pump.start()
+            return True
 
     def stop(self, end):
         """Stops generating load; the first cause given is the one recorded.  A run never
         started ends at once with an empty final report."""
-        with self._lock:
-            if self.state is RunState.FINISHED or self._stop_requested_at is not None:
+        # _control orders stop against a start in progress: a stop can never slip in between
+        # the state change and the engine's start and be lost.
+        with self._control:
+            with self._lock:
+                if self.state is RunState.FINISHED or self._stop_requested_at is not None:
+                    return
+                self.end = end
+                self._stop_requested_at = time.monotonic()
+                never_started = self.state is RunState.PREPARED
+            if never_started:
+                self._publish(self._final_without_engine(end, 0))
+                self._close_engine()
                 return
-            self.end = end
-            self._stop_requested_at = time.monotonic()
-            never_started = self.state is RunState.PREPARED
-        if never_started:
-            self._publish(self._final_without_engine(end, 0))
-            self._close_engine()
-            return
-        log.info("run %s: stopping (%s)", self.run_id, end.name)
-        self.load_run.stop()
+            log.info("run %s: stopping (%s)", self.run_id, end.name)
+            self.load_run.stop()
 
     @property
     def stoppable(self):

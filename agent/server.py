@@ -223,7 +223,10 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._touch()
         run = await self._run(request.run_id, context)
         start_ns = max(request.start_unix_ns, time.time_ns())
-        started = await asyncio.get_running_loop().run_in_executor(None, run.start, start_ns)
+        try:
+            started = await asyncio.get_running_loop().run_in_executor(None, run.start, start_ns)
+        except Exception as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"the engine did not start: {exc}")
         if not started:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"run {run.run_id!r} is {run.state.value}, not prepared")
