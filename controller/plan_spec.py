@@ -42,7 +42,6 @@ class Spec:
     key: str = ""
     pattern: str = None
     min_items: int = 0
-    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,8 @@ def _header_name(key):
     return key
 
 
-def string(doc="", pattern=None, nullable=False):
-    return Spec(Kind.STRING, doc, pattern=pattern, nullable=nullable)
+def string(doc="", pattern=None):
+    return Spec(Kind.STRING, doc, pattern=pattern)
 
 
 def integer(doc="", minimum=None, maximum=None):
@@ -160,8 +159,6 @@ def validate(value, spec, path=(), issues=None):
     Returns None where the value is unusable, so one bad field never hides the others.
     """
     issues = [] if issues is None else issues
-    if value is None and spec.nullable:
-        return None
     kind = spec.kind
     if kind is Kind.STRUCT:
         return _validate_struct(value, spec, path, issues)
@@ -265,8 +262,6 @@ def json_schema(spec, title=None):
 def _with_doc(spec, schema):
     if spec.doc:
         schema["description"] = spec.doc
-    if spec.nullable:
-        schema = {"anyOf": [schema, {"type": "null"}]}
     return schema
 
 
