@@ -69,10 +69,6 @@ class Classification:
     requirements: tuple
     warnings: tuple
 
-    @property
-    def overrides(self):
-        return tuple(d for d in self.decisions if d.disposition is Disposition.LOOSENED)
-
 
 def _has_pair(plan):
     return plan.target(TargetRole.BASELINE) is not None and \

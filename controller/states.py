@@ -201,12 +201,6 @@ class StateMachine:
             yield top
             yield from self.children[top]
 
-    def node(self, stage, sub=None):
-        node = Node(stage, sub)
-        if node not in self.states:
-            raise IllegalTransition(f"{node.key} is not part of this run's stage graph")
-        return node
-
     def state(self, node):
         return self.states[node]
 
