@@ -53,13 +53,17 @@ class GateResult:
     upper: float = None
 
     def to_dict(self):
-        data = asdict(self)
+        """Plain JSON: a value that could not be measured (NaN) becomes null."""
+        data = {key: (None if isinstance(value, float) and not math.isfinite(value)
+                      else value) for key, value in asdict(self).items()}
         data["status"] = self.status.value
         return data
 
     @classmethod
     def from_dict(cls, data):
-        return cls(**{**data, "status": GateStatus(data["status"])})
+        measured = data.get("measured")
+        return cls(**{**data, "status": GateStatus(data["status"]),
+                      "measured": float("nan") if measured is None else measured})
 
 
 def _z(confidence):

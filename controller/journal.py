@@ -10,6 +10,7 @@ line of its own.  A bad line anywhere else means the file was damaged: JournalEr
 """
 import enum
 import json
+import math
 import os
 from typing import Iterator, Protocol
 
@@ -80,7 +81,8 @@ class FileJournal:
 
     def append(self, record):
         """Writes record as one line and fsyncs; JournalError if the disk refuses."""
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=_plain)
+        line = json.dumps(_finite(record), sort_keys=True, separators=(",", ":"),
+                          default=_plain, allow_nan=False)
         data = (line + "\n").encode("utf-8")
         try:
             written = os.write(self._fd, data)
@@ -105,6 +107,17 @@ class FileJournal:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _finite(value):
+    # Strict JSON has no NaN or Infinity: a figure that could not be measured is null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _plain(value):

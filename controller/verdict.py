@@ -210,7 +210,7 @@ def next_steps(verdict, plan):
 def write(verdict, run_dir):
     """Writes verdict.json, report.md and junit.xml into run_dir; returns their names."""
     outputs = {"verdict.json": json.dumps(verdict.to_dict(), indent=2, sort_keys=True,
-                                          default=_show) + "\n",
+                                          default=_show, allow_nan=False) + "\n",
                "report.md": report_md.render(verdict),
                "junit.xml": junit.render(verdict)}
     for name, text in outputs.items():

@@ -161,3 +161,11 @@ def test_an_unusable_journal_path_is_an_infrastructure_error(tmp_path):
     not_a_directory.write_text("x")
     with pytest.raises(JournalError, match="cannot open journal"):
         FileJournal(not_a_directory / "journal.jsonl")
+
+
+def test_journal_records_are_strict_json(tmp_path):
+    with FileJournal(tmp_path / "j.jsonl") as journal:
+        journal.append({"kind": "step", "measured": float("nan"), "list": [float("inf"), 1.5]})
+        assert list(journal.records()) == [{"kind": "step", "measured": None,
+                                            "list": [None, 1.5]}]
+    assert "NaN" not in (tmp_path / "j.jsonl").read_text()
