@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from loadgate.controller.gates import (
     GateStatus, combine, distribution_gate, error_rate_gate, evaluate, ks_one_sided,
@@ -170,3 +171,17 @@ def test_evaluate_runs_every_gate_of_the_plan_and_combine_orders_statuses():
     assert combine(mixed) is GateStatus.INCONCLUSIVE
     slow = throughput_gate("t", 1, 100, 10, 50, None, "w", 10, 0.95)
     assert combine(mixed + [slow]) is GateStatus.FAIL
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=4000),
+       st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]),
+       st.sampled_from([0.9, 0.95, 0.99]), st.integers(min_value=1, max_value=10**6))
+def test_a_percentile_gate_never_passes_below_the_minimum_sample_count(n, percentile,
+                                                                        confidence, value):
+    hist = histogram(np.full(n, value))
+    result = latency_gate("g", hist, percentile, 3600.0, confidence, "w")
+    if n < min_samples_for_percentile(percentile, confidence):
+        assert result.status is GateStatus.INCONCLUSIVE
+    else:
+        assert result.status is GateStatus.PASS

@@ -50,6 +50,8 @@ def test_verdict_json_is_versioned_and_carries_every_gate(runs):
     assert data["reasons"] and data["next_steps"]
     assert any(t["to"] == "OTKAT" for t in data["transitions"])
     assert load(runs["fail"]).to_dict() == data
+    for run_dir in runs.values():
+        assert "NaN" not in (run_dir / "verdict.json").read_text()
 
 
 def test_report_md_reads_like_the_seed(runs):
