@@ -239,6 +239,10 @@ class RolloutMixin:
             self._to(node, self.machine.previous_sv(node), "rolled back to the previous "
                      "known-good state", {"hook": result.to_dict()})
         self._to(stage, State.OTKAT, f"rolled back: {reason}", {"hook": result.to_dict()})
+        rto = self.plan.rollback.rto_s
+        if rto is not None and result.seconds > rto:
+            reason += (f"; the rollback took {format_duration(result.seconds)}, over the RTO of "
+                       f"{format_duration(rto)}")
         self._finish(status, reason, error)
         return False
 

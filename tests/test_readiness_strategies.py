@@ -338,3 +338,16 @@ def test_a_hook_driven_canary_tells_the_router_each_weight(tmp_path, router, shi
     else:
         assert shifts == [5, 25, 50] and [b["weight"] for b in rollbacks] == [0]
         assert "traffic_shift hook failed (503)" in readiness.reasons[0]
+
+
+def test_a_rollback_slower_than_the_rto_is_reported(tmp_path):
+    plan = write_plan(tmp_path, "BLUE-GREEN", """\
+        hooks:
+          switch: {command: [sh, -c, 'exit 0']}
+          verify_switch: {command: [sh, -c, 'exit 1']}
+          rollback: {command: [sh, -c, 'sleep 0.3']}
+        rollback: {rto: 100ms}
+        """)
+    readiness, status = run(plan, tmp_path)
+    assert status is RunStatus.FAILED
+    assert "over the RTO of 100ms" in readiness.reasons[0]
