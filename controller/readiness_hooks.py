@@ -32,16 +32,25 @@ class HookResult:
 
 
 class HookRunner:
-    """Runs hooks for one deployment; ``values`` become the hook's environment/payload."""
+    """Runs hooks for one deployment; ``values`` become the hook's environment/payload.
 
-    def __init__(self, deployment_id, cwd=None):
+    ``allowed=False`` is for a plan that did not come from this machine (submitted over gRPC):
+    every configured hook then fails without running, so a deployment that needs one stops
+    in AVARIYA instead of executing a remote party's command here.
+    """
+
+    def __init__(self, deployment_id, cwd=None, allowed=True):
         self.deployment_id = deployment_id
         self.cwd = cwd
+        self.allowed = allowed
 
     def run(self, name, hook, **values):
         """The HookResult of running hook (None: nothing to run, reported as ok)."""
         if hook is None:
             return HookResult(name, True, 0, "no hook configured", 0.0)
+        if not self.allowed:
+            return HookResult(name, False, -1, "hooks are disabled: the plan came from a remote "
+                              "request, and hooks run only from a local plan", 0.0)
         values = {"hook": name, "deployment_id": self.deployment_id, **values}
         started = time.monotonic()
         if hook.command:

@@ -351,3 +351,20 @@ def test_a_rollback_slower_than_the_rto_is_reported(tmp_path):
     readiness, status = run(plan, tmp_path)
     assert status is RunStatus.FAILED
     assert "over the RTO of 100ms" in readiness.reasons[0]
+
+
+def test_hooks_of_a_remotely_submitted_plan_never_run(tmp_path):
+    from loadgate.controller.readiness_hooks import HookRunner
+    plan = write_plan(tmp_path, "BLUE-GREEN", f"""\
+        hooks:
+          switch: {{command: {trace(tmp_path, "switch")}}}
+          rollback: {{command: {trace(tmp_path, "rollback")}}}
+        """)
+    clock = FakeClock()
+    readiness = Readiness(plan, tmp_path / "run", SyntheticSource(clock, {"main": Profile()}),
+                          clock, hooks=HookRunner(plan.deployment.id, allowed=False))
+    assert readiness.run(lambda: clock.advance(5.0), 5000) is RunStatus.FAILED
+    assert lines(tmp_path, "switch") == [] and lines(tmp_path, "rollback") == []
+    assert readiness.machine.state(Node(Stage.DEPLOYMENT)) is State.AVARIYA
+    assert "hooks are disabled" in " ".join(r["output"] for r in readiness.journal.records()
+                                            if r["kind"] == "hook")
