@@ -105,8 +105,9 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         if records:
             self._restore(records, plan)
         else:
+            source = os.path.abspath(plan.source) if os.path.exists(plan.source) else plan.source
             self.journal.append({"kind": RecordKind.PLAN.value, "time": self.started,
-                                 "plan": plan.to_dict(), "source": plan.source})
+                                 "plan": plan.to_dict(), "source": source})
         self._procedure = self._run()
 
     @classmethod

@@ -21,6 +21,7 @@ from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
 from loadgate.controller.plan_units import format_duration, format_percent
 from loadgate.controller.states import Node, Stage, State
 from loadgate.controller.verdict import RunStatus
+from loadgate.native.errors import LoadgateError
 
 
 class RolloutMixin:
@@ -228,7 +229,11 @@ class RolloutMixin:
             self._to(node, State.AVARIYA, reason, evidence)
         if self.plan.deployment.strategy is Strategy.CANARY and \
                 self.plan.canary.traffic is TrafficShift.SPLIT:
-            self.source.start_window(self.canary_weights(0.0), self.plan.load.rate)
+            try:
+                self.source.start_window(self.canary_weights(0.0), self.plan.load.rate)
+            except (LoadgateError, OSError):
+                # A source that is gone sends the canary nothing either; the hook still runs.
+                pass
         result = self._hook("rollback", self.plan.hooks.rollback, weight=0)
         if not result.ok:
             self._finish(RunStatus.FAILED, f"{reason}; rollback hook FAILED "
