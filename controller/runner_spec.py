@@ -6,9 +6,11 @@ drives load windows itself (the readiness orchestrator).  It round-trips through
 ``to_dict``/``from_dict`` so the run directory can describe the run to a resuming controller.
 """
 import base64
+import os
 from dataclasses import dataclass, field, replace
 
-from loadgate.controller.plan_model import AgentLossPolicy
+from loadgate.controller.plan_model import AgentLossPolicy, RotateMode
+from loadgate.native.engine_config import load_rotate_file
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import ArrivalModel, schedule_from_dict
 from loadgate.proto.loadgate.v1 import agent_pb2
@@ -97,7 +99,9 @@ class RunDefinition:
     @classmethod
     def from_plan(cls, plan, workers_per_agent=0):
         """The run a plan's ``targets`` and ``load`` describe."""
-        targets = tuple(_target_from_plan(t) for t in plan.targets)
+        plan_dir = os.path.dirname(os.path.abspath(plan.source)) \
+            if os.path.exists(plan.source) else os.getcwd()
+        targets = tuple(_target_from_plan(t, plan_dir) for t in plan.targets)
         load = plan.load
         return cls(targets=targets, schedule=load.schedule(), connections=load.connections,
                    max_connections=load.max_connections, timeout_s=load.timeout_s,
@@ -157,11 +161,12 @@ def schedule_spec(schedule, index, count):
     return spec
 
 
-def _target_from_plan(target):
+def _target_from_plan(target, plan_dir):
     request = target.request
     rotate, raw = (), False
     if request.rotate_file:
-        rotate, raw = _read_rotate(request.rotate_file, request.rotate_mode.value)
+        rotate, raw = _read_rotate(os.path.join(plan_dir, request.rotate_file),
+                                   request.rotate_mode)
     return TargetDefinition(
         name=target.name, url=target.url, weight=target.weight, method=request.method,
         path=request.path, headers=tuple((str(k), str(v)) for k, v in request.headers),
@@ -169,7 +174,7 @@ def _target_from_plan(target):
 
 
 def _read_rotate(path, mode):
-    # The engine owns the rotate-file format; the controller reads the file (the agents may
-    # be on other nodes) and ships the items.
-    from loadgate.native.engine import load_rotate_file
-    return tuple(load_rotate_file(path, mode)), mode == "request"
+    # The engine owns the rotation-file format; the controller reads the file (the agents
+    # may be on other nodes) and ships the items.
+    raw = mode is RotateMode.REQUEST
+    return tuple(load_rotate_file(path, "requests" if raw else "bodies")), raw
