@@ -3,7 +3,12 @@
 Each agent is a real ``loadgate agent --listen 127.0.0.1:0`` process; its output goes to a
 log file (in the run directory) whose first line, ``listening on HOST:PORT``, says where it
 listens.  The cores are shared out so N local agents do not oversubscribe the node.
+
+The agents run in sessions of their own, so a controller that dies leaves them running: they
+stop their load by the dead-man switch and keep their reports for ``loadgate run --resume``,
+which adopts them (``record`` / ``AdoptedAgents``) and stops them once the run is collected.
 """
+import json
 import os
 import re
 import signal
@@ -74,6 +79,11 @@ class LocalAgents:
         raise InfrastructureError(f"local agent did not listen within "
                                   f"{self.startup_timeout_s:g} s (log: {path})")
 
+    def record(self, path):
+        """Writes the agents' pids and addresses for a controller that resumes the run."""
+        with open(path, "w") as f:
+            json.dump({"pids": [p.pid for p in self.processes], "addresses": self.addresses}, f)
+
     def stop(self, timeout_s=15.0):
         """SIGTERM every agent, SIGKILL those still running after ``timeout_s``."""
         for process in self.processes:
@@ -94,3 +104,43 @@ class LocalAgents:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class AdoptedAgents:
+    """Local agents a previous controller process started (from its ``record`` file)."""
+
+    def __init__(self, path):
+        with open(path) as f:
+            recorded = json.load(f)
+        self.pids = [pid for pid in recorded["pids"] if _is_agent(pid)]
+        self.addresses = recorded["addresses"]
+
+    def stop(self, timeout_s=15.0):
+        """SIGTERM the agents that are still ours, SIGKILL any left after ``timeout_s``."""
+        for pid in self.pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(_is_agent(pid) for pid in self.pids):
+            time.sleep(0.05)
+        for pid in self.pids:
+            if _is_agent(pid):
+                _signal(pid, signal.SIGKILL)
+
+
+def _is_agent(pid):
+    # A recorded pid may have been reused by an unrelated process since.
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return False
+    return not zombie and b"loadgate.controller.cli" in words and b"agent" in words
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

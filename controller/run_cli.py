@@ -9,18 +9,20 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import grpc
 
-from loadgate.controller.local_agents import LocalAgents
+from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
 from loadgate.controller.rundir import RunDir
 from loadgate.controller.runner import DistributedRun
 from loadgate.controller.runner_resume import resume_run
 from loadgate.controller.runner_session import RunStatus
-from loadgate.controller.runner_spec import RunDefinition
+from loadgate.controller.runner_spec import DEFAULT_DEAD_MAN_S, RunDefinition
 from loadgate.controller.runner_summary import render_summary
 from loadgate.native.errors import ConfigError
 
+LOCAL_AGENTS_FILE = "local-agents.json"
 EXIT_CODES = {RunStatus.COMPLETED: 0, RunStatus.STOPPED: 2, RunStatus.ABORTED: 2,
               RunStatus.FAILED: 4}
 
@@ -35,6 +37,9 @@ def register(subparsers):
                         help="take over the run in DIR after a controller crash")
     parser.add_argument("--workers", type=int, default=0,
                         help="engine workers per agent (default: the agent's, one per core)")
+    parser.add_argument("--dead-man", type=float, metavar="SECONDS",
+                        help="agents stop load after this long without the controller "
+                             f"(default {DEFAULT_DEAD_MAN_S:g}; an agent may enforce less)")
     parser.add_argument("--no-progress", action="store_true", help="no live table")
     parser.add_argument("--token-file", help="send 'authorization: Bearer <token>' to agents")
     parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
@@ -54,10 +59,17 @@ async def _main(args, credentials, metadata):
     local = None
     if args.resume:
         run = resume_run(args.resume, credentials=credentials, metadata=metadata)
+        recorded = run.run_dir.file(LOCAL_AGENTS_FILE)
+        if os.path.exists(recorded):
+            local = AdoptedAgents(recorded)
     else:
         from loadgate.controller.plan import load_plan
         plan = load_plan(args.plan)
         definition = RunDefinition.from_plan(plan, workers_per_agent=args.workers)
+        if args.dead_man is not None:
+            if not args.dead_man > 0:
+                raise ConfigError(f"--dead-man must be positive, got {args.dead_man:g}")
+            definition = replace(definition, dead_man_s=args.dead_man)
         run_id = f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
         run_dir = RunDir(args.run_dir or os.path.join("runs", run_id))
         agents = _agent_list(args.agents) if args.agents else list(plan.agents)
@@ -66,8 +78,15 @@ async def _main(args, credentials, metadata):
                                 workers=args.workers or None,
                                 dead_man=f"{definition.dead_man_s:g}s")
             agents = await asyncio.to_thread(local.start)
-        run = DistributedRun(definition, agents, run_dir, run_id=run_id,
-                             credentials=credentials, metadata=metadata)
+        try:
+            if local:
+                local.record(run_dir.file(LOCAL_AGENTS_FILE))
+            run = DistributedRun(definition, agents, run_dir, run_id=run_id,
+                                 credentials=credentials, metadata=metadata)
+        except BaseException:
+            if local:
+                await asyncio.to_thread(local.stop)
+            raise
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: loop.create_task(run.stop("interrupted")))

@@ -86,3 +86,48 @@ def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
     assert summary["load"]["shortfall"] == RATE * DURATION_S - summary["load"]["sent"] > 0
     kinds = [kind for kind, _ in read_journal(os.path.join(run_dir, JOURNAL))]
     assert RecordKind.RESUMED in kinds and kinds[-1] is RecordKind.FINISHED
+
+
+def agent_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_resume_adopts_and_stops_the_local_agents_of_a_killed_controller(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    run_dir = str(tmp_path / "run")
+    with real_target() as (url, requests_seen):
+        write_plan(plan, url)
+        plan.write_text(plan.read_text() + "local_agents: 2\n")
+        command = [sys.executable, "-m", "loadgate.controller.cli", "run"]
+        controller = subprocess.Popen(
+            command + [str(plan), "--run-dir", run_dir, "--workers", "1", "--no-progress",
+                       "--dead-man", str(DEAD_MAN_S)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_reports(run_dir, 2)
+        finally:
+            controller.send_signal(signal.SIGKILL)
+            controller.wait()
+        with open(os.path.join(run_dir, "local-agents.json")) as f:
+            pids = json.load(f)["pids"]
+        # Orphaned, the agents live on (holding their reports) and stop their own load.
+        assert len(pids) == 2 and all(agent_alive(pid) for pid in pids)
+        time.sleep(DEAD_MAN_S + 1.0)
+        stopped_at = requests_seen()
+        time.sleep(0.5)
+        assert requests_seen() == stopped_at < RATE * DURATION_S
+
+        resumed = subprocess.run(command + ["--resume", run_dir, "--no-progress"],
+                                 capture_output=True, text=True, timeout=60)
+        seen = requests_seen()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert [a["state"] for a in summary["agents"]] == ["finished", "finished"]
+    assert summary["load"]["completed"] == completed_in(journal_reports(run_dir)) == seen
+    assert not any(agent_alive(pid) for pid in pids)
