@@ -106,14 +106,21 @@ def order_statistic_ranks(n, percentile, confidence):
     return lower, upper
 
 
-def value_at_rank(hist, rank, highest):
-    """The bucket bound (highest or lowest equivalent value) holding the rank-th sample."""
-    seen = 0
-    for value_from, value_to, count in hist.recorded():
-        seen += count
-        if seen >= rank:
-            return value_to if highest else value_from
-    raise ValueError(f"rank {rank} beyond {seen} samples")
+def buckets(hist):
+    """(lowest values, highest values, cumulative counts) of the non-empty buckets, as arrays."""
+    rows = np.array(list(hist.recorded()), dtype=np.int64).reshape(-1, 3)
+    return rows[:, 0], rows[:, 1], np.cumsum(rows[:, 2])
+
+
+def value_at_rank(table, rank, highest):
+    """The bound (highest or lowest equivalent value) of the bucket holding the rank-th
+    sample, in a buckets() table."""
+    lows, highs, cumulative = table
+    index = int(np.searchsorted(cumulative, rank, side="left"))
+    if index >= len(cumulative):
+        raise ValueError(f"rank {rank} beyond {cumulative[-1] if len(cumulative) else 0} "
+                         "samples")
+    return int(highs[index] if highest else lows[index])
 
 
 def percentile_bounds(hist, percentile, confidence):
@@ -122,8 +129,9 @@ def percentile_bounds(hist, percentile, confidence):
     if n == 0:
         return None, None
     lower_rank, upper_rank = order_statistic_ranks(n, percentile, confidence)
-    lower = value_at_rank(hist, lower_rank, False) if lower_rank else None
-    upper = value_at_rank(hist, upper_rank, True) if upper_rank else None
+    table = buckets(hist)
+    lower = value_at_rank(table, lower_rank, False) if lower_rank else None
+    upper = value_at_rank(table, upper_rank, True) if upper_rank else None
     return lower, upper
 
 
@@ -251,14 +259,15 @@ def saturation_gate(name, samples, limit_percent, window, unavailable=None):
 
 
 def _joint_buckets(baseline, canary):
-    counts = {}
-    for value_from, _, count in baseline.recorded():
-        counts.setdefault(value_from, [0, 0])[0] += count
-    for value_from, _, count in canary.recorded():
-        counts.setdefault(value_from, [0, 0])[1] += count
-    keys = sorted(counts)
-    return (np.array([counts[k][0] for k in keys], dtype=np.float64),
-            np.array([counts[k][1] for k in keys], dtype=np.float64))
+    """Counts of both histograms over the union of their buckets, in value order."""
+    rows = [np.array(list(h.recorded()), dtype=np.int64).reshape(-1, 3)
+            for h in (baseline, canary)]
+    keys, inverse = np.unique(np.concatenate([rows[0][:, 0], rows[1][:, 0]]),
+                              return_inverse=True)
+    split = len(rows[0])
+    a = np.bincount(inverse[:split], weights=rows[0][:, 2], minlength=len(keys))
+    b = np.bincount(inverse[split:], weights=rows[1][:, 2], minlength=len(keys))
+    return a.astype(np.float64), b.astype(np.float64)
 
 
 def mann_whitney(baseline, canary):
