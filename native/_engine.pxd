@@ -51,8 +51,12 @@ cdef class Connection:
     cdef object transport
     cdef object parser
     cdef bint busy, closed
+    cdef int fd
     cdef int64_t intended, sent_at
     cdef void send(self, int64_t intended, int64_t now) except *
+    cdef void received(self, bytes data, int64_t rx_ns) except *
+    cdef void peer_closed(self) except *
+    cdef void close_transport(self, bint abort) except *
     cdef void end_request(self, int outcome, int64_t now) except *
 
 
@@ -64,7 +68,7 @@ cdef class WorkerEngine:
     cdef int64_t[::1] batch
     cdef Py_ssize_t batch_pos, batch_len, batch_size
     cdef int timer_fd
-    cdef int64_t start_mono, end_mono, timeout_ns
+    cdef int64_t start_mono, end_mono, timeout_ns, window_ns
     cdef bint open_loop, generating, started
     cdef Py_ssize_t closed_users
     cdef double think_time_s
@@ -72,6 +76,15 @@ cdef class WorkerEngine:
     cdef object on_drained
     cdef object sweep_handle
     cdef bint users_started, stopped
+    # Responses read without a wake-up of their own (lg_harvest.h): fd -> Connection.
+    cdef int harvest_fd
+    cdef dict harvested
+    cdef bint harvest_watched
+    cdef int64_t rx_ns
+    cdef char* recv_buffer
+    cdef int ready_fds[256]
+    cdef void watch_harvest(self, bint wanted) except *
+    cdef void harvest(self) except *
     cdef int64_t unscheduled
     cdef bint refill(self) except -1
     cdef void end_generation(self) except *

@@ -44,6 +44,9 @@ def register(subparsers):
                         default=RotateMode.BODIES.value)
     parser.add_argument("--timeout", default="10s", help="per-request timeout")
     parser.add_argument("--interval", default="1s", help="reporting interval")
+    parser.add_argument("--pacing-window", default="0",
+                        help="let sends go out up to this late to share wake-ups (e.g. 1ms, "
+                             "wrk2's granularity); default 0: every send at its instant")
     parser.add_argument("-k", "--insecure", action="store_true", help="accept any TLS certificate")
     parser.add_argument("--cacert", metavar="FILE", help="trust this CA for https")
     parser.add_argument("--json", metavar="FILE", help="write the versioned JSON result here")
@@ -90,7 +93,8 @@ def config_from_args(args):
     return EngineConfig([target], schedule, connections=args.connections,
                         max_connections=max(args.max_connections, args.connections),
                         timeout_s=parse_duration(args.timeout),
-                        interval_s=parse_duration(args.interval))
+                        interval_s=parse_duration(args.interval),
+                        pacing_window_s=parse_duration(args.pacing_window))
 
 
 def _progress(snapshot):

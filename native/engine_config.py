@@ -26,6 +26,8 @@ from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import schedule_from_dict
 
 REQUEST_SEPARATOR = "%%"
+# A coarser window than this is no longer a pacing schedule.
+MAX_PACING_WINDOW_S = 0.01
 # Past this a rotation file is a mistake (a log, a dump), not a set of requests.
 MAX_ROTATE_BYTES = 256 * 1024 * 1024
 
@@ -135,7 +137,8 @@ class TargetSpec:
 class EngineConfig:
     """A run.  ``connections`` is the pool each target starts with and ``max_connections``
     the most it may grow to, both across all workers (each worker gets an equal share, at
-    least one)."""
+    least one).  ``pacing_window_s`` trades precision for CPU: sends may go out up to that
+    late so that one wake-up serves several (0, the default, paces each send exactly)."""
 
     targets: list
     schedule: object
@@ -143,6 +146,7 @@ class EngineConfig:
     max_connections: int = 1024
     timeout_s: float = 10.0
     interval_s: float = 1.0
+    pacing_window_s: float = 0.0
 
     def __post_init__(self):
         self.targets = list(self.targets)
@@ -158,6 +162,9 @@ class EngineConfig:
                               f"max_connections ({self.max_connections})")
         if not self.timeout_s > 0 or not self.interval_s > 0:
             raise ConfigError("timeout_s and interval_s must be positive")
+        if not 0 <= self.pacing_window_s <= MAX_PACING_WINDOW_S:
+            raise ConfigError(f"pacing_window_s must be within 0..{MAX_PACING_WINDOW_S}, "
+                              f"got {self.pacing_window_s}")
 
     @property
     def open_loop(self):
@@ -177,7 +184,8 @@ class EngineConfig:
                        connections=int(d.get("connections", 16)),
                        max_connections=int(d.get("max_connections", 1024)),
                        timeout_s=float(d.get("timeout_s", 10.0)),
-                       interval_s=float(d.get("interval_s", 1.0)))
+                       interval_s=float(d.get("interval_s", 1.0)),
+                       pacing_window_s=float(d.get("pacing_window_s", 0.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not an engine config: {exc}") from None
 

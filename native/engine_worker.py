@@ -66,7 +66,8 @@ class Worker:
         self.targets = [TargetState(spec.name, spec.host, spec.port, _ssl_context(spec),
                                     build_requests(spec), self.max_connections, spec.weight)
                         for spec in config.targets]
-        self.engine = WorkerEngine(self.loop, self.targets, self.schedule, config.timeout_s)
+        self.engine = WorkerEngine(self.loop, self.targets, self.schedule, config.timeout_s,
+                                   config.pacing_window_s)
         self.control = asyncio.Queue()
         self.drained = self.loop.create_future()
         self.interval_index = 0
