@@ -18,8 +18,17 @@ SPECTRUM_DECADES_MAX = 6  # 99.9999 %: beyond it no run here has the samples to 
 SPECTRUM_STEPS_PER_DECADE = 20
 OVER_TIME = ((50.0, "p50", "2 3", 1.5), (90.0, "p90", "6 3", 1.8), (99.0, "p99", "", 2.2))
 ERROR_OUTCOMES = ERRORS + (Outcome.TIMEOUT,)
-STATE_COLOURS = {"SV": "#2ca02c", "NSV": "#1f77b4", State.ZABLOKIROVANO: "#d62728",
+STATE_COLOURS = {"SV": "#3a9d4f", "NSV": "#4f86c6", State.ZABLOKIROVANO: "#c0392b",
                  State.OZHIDAET: "#b0b0b0", State.OTKAT: "#ff7f0e", State.AVARIYA: "#7b0000"}
+TIMELINE_LEGEND = (
+    (STATE_COLOURS["SV"], "SV: completed, verified, approved, deployed"),
+    (STATE_COLOURS["NSV"], "NSV: in progress, executing, testing, monitoring"),
+    (STATE_COLOURS[State.OZHIDAET], "OZHIDAET: waiting"),
+    (STATE_COLOURS[State.ZABLOKIROVANO], "ZABLOKIROVANO: blocked"),
+    (STATE_COLOURS[State.OTKAT], "OTKAT: rolled back"),
+    (STATE_COLOURS[State.AVARIYA], "AVARIYA: emergency"),
+    (BAND_COLOURS["PASS"], "window PASS"), (BAND_COLOURS["FAIL"], "window FAIL"),
+    (BAND_COLOURS["INCONCLUSIVE"], "window INCONCLUSIVE"))
 GPU_FIGURES = (("utilization_percent", "GPU utilisation", "utilisation (%)", 1.0),
                ("memory_used_bytes", "GPU memory used", "memory used (GiB)", 2.0 ** -30),
                ("power_milliwatts", "GPU power draw", "power (W)", 1e-3))
@@ -80,9 +89,9 @@ class ChartBuilder:
                                   _state_colour(state)))
             rows.append((records[0].get("title", node), spans))
         rows.append(("judged windows", [Span(b.start, b.end, f"{b.label}: {b.legend}",
-                                             b.colour) for b in self.bands]))
+                                             b.colour, b.label) for b in self.bands]))
         return timeline("timeline", "Stage and canary-step timeline", rows, self.x_range,
-                        TIME_LABEL)
+                        TIME_LABEL, TIMELINE_LEGEND)
 
     def spectrum(self):
         targets = {n: t for n, t in self.data.targets.items()

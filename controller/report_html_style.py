@@ -65,5 +65,7 @@ ul.legend { list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; pad
 ul.legend li { display: flex; align-items: center; gap: 6px; }
 .swatch { display: inline-block; width: 26px; height: 10px; opacity: 0.35;
   border-radius: 2px; }
+.swatch.solid { opacity: 1; width: 14px; }
+svg.chart text.span-label { font-size: 11px; fill: #fff; font-weight: 600; }
 p.note { color: var(--pass); margin: 6px 0; }
 """

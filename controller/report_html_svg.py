@@ -218,14 +218,18 @@ def _path(chart, series, px, py):
         if y is None:
             pen_up = True
             continue
+        if pen_up and commands and commands[-1][0] == "M":
+            commands.append("h0")  # a lone point: a dot (round caps) rather than nothing
         commands.append(f'{"M" if pen_up else "L"}{px(x):.1f},{py(y):.1f}')
         pen_up = False
         count += 1
+    if commands and commands[-1][0] == "M":
+        commands.append("h0")
     dash = f' stroke-dasharray="{series.dash}"' if series.dash else ""
     return (f'<path class="series" data-series="{escape(series.name)}" data-points="{count}" '
             f'clip-path="url(#{chart.key}-clip)" d="{" ".join(commands)}" fill="none" '
             f'stroke="{series.colour}" stroke-width="{series.width}"{dash} '
-            f'stroke-linejoin="round"><title>{escape(series.name)}</title></path>')
+            f'stroke-linejoin="round" stroke-linecap="round"><title>{escape(series.name)}</title></path>')
 
 
 def legend(chart):
@@ -254,10 +258,12 @@ class Span:
     end: float
     text: str
     colour: str
+    label: str = ""  # drawn inside the span when it fits
 
 
-def timeline(key, title, rows, x_range, x_label):
-    """A Gantt strip: one row per (label, [Span]) on the same time axis as the charts."""
+def timeline(key, title, rows, x_range, x_label, legend_items=()):
+    """A Gantt strip: one row per (label, [Span]) on the same time axis as the charts; a
+    span wide enough for its label carries it."""
     row_h = 26
     height = TOP + row_h * len(rows) + BOTTOM
     x_ticks = nice_ticks(*x_range)
@@ -284,11 +290,18 @@ def timeline(key, title, rows, x_range, x_label):
                      f'text-anchor="end">{escape(label)}</text>')
         for span in spans:
             start, end = px(span.start), px(span.end)
+            inside = ""
+            if span.label and end - start > LABEL_CHAR_PX * len(span.label) + 8:
+                inside = (f'<text class="span-label" x="{start + 5:.1f}" y="{y + 17}">'
+                          f'{escape(span.label)}</text>')
             parts.append(f'<g class="span" data-span="{escape(span.text)}"><rect '
                          f'x="{start:.1f}" y="{y + 4}" width="{max(end - start, 2.0):.1f}" '
-                         f'height="{row_h - 8}" rx="3" fill="{span.colour}"/>'
+                         f'height="{row_h - 8}" rx="3" fill="{span.colour}"/>{inside}'
                          f'<title>{escape(span.text)}</title></g>')
     parts.append(f'<text class="axis-label" x="{LEFT + PLOT_W / 2}" y="{height - 8}" '
                  f'text-anchor="middle">{escape(x_label)}</text></svg>')
+    items = "".join(f'<li><span class="swatch solid" style="background:{colour}"></span>'
+                    f'{escape(text)}</li>' for colour, text in legend_items)
     return (f'<figure class="chart-figure" id="chart-{escape(key)}">'
-            f'<figcaption>{escape(title)}</figcaption>{"".join(parts)}</figure>')
+            f'<figcaption>{escape(title)}</figcaption>{"".join(parts)}'
+            f'<ul class="legend" aria-label="legend">{items}</ul></figure>')
