@@ -4,9 +4,10 @@ Each builder returns rendered HTML: the chart, or a paragraph saying why it is a
 axes count seconds from ``RunData.origin`` and share one range, so the readiness timeline,
 latency, throughput, errors and telemetry line up when read top to bottom.
 """
+import math
 from html import escape
 
-from loadgate.controller.report_html_data import completed
+from loadgate.controller.report_html_data import IntervalCounts, completed
 from loadgate.controller.report_html_svg import (
     BAND_COLOURS, PALETTE, Band, Chart, Marker, Series, Span, XAxis, percentile_x, render,
     timeline)
@@ -16,6 +17,7 @@ from loadgate.native.outcomes import ERRORS, Outcome
 TIME_LABEL = "time since the run began (s)"
 SPECTRUM_DECADES_MAX = 6  # 99.9999 %: beyond it no run here has the samples to say more
 SPECTRUM_STEPS_PER_DECADE = 20
+MAX_POINTS = 600  # per line over time: about one per two pixels of the plot
 OVER_TIME = ((50.0, "p50", "2 3", 1.5), (90.0, "p90", "6 3", 1.8), (99.0, "p99", "", 2.2))
 ERROR_OUTCOMES = ERRORS + (Outcome.TIMEOUT,)
 STATE_COLOURS = {"SV": "#3a9d4f", "NSV": "#4f86c6", State.ZABLOKIROVANO: "#c0392b",
@@ -121,11 +123,11 @@ class ChartBuilder:
     def latency_over_time(self):
         series = []
         for name, intervals in self.data.targets.items():
+            grouped = list(grouped_histograms(intervals))
             for percent, label, dash, width in OVER_TIME:
                 points = [((start + end) / 2 - self.origin,
                            h.value_at_percentile(percent) / 1000.0 if h.total_count else None)
-                          for start, end, h in zip(intervals.starts, intervals.ends,
-                                                   intervals.histograms)]
+                          for start, end, h in grouped]
                 series.append(Series(f"{name} {label}", points, self.colours[name], dash,
                                      width))
         if not any(p[1] is not None for s in series for p in s.points):
@@ -135,7 +137,7 @@ class ChartBuilder:
                                    "histogram; shaded bands are the judged windows.")
 
     def throughput(self):
-        counts = self.data.counts
+        counts = grouped_counts(self.data.counts)
         if not counts:
             return missing("no throughput over time: the run journal holds no report")
         series = []
@@ -153,7 +155,7 @@ class ChartBuilder:
                                    "rate the schedule intended.")
 
     def errors(self):
-        counts = self.data.counts
+        counts = grouped_counts(self.data.counts)
         if not counts:
             return missing("no errors over time: the run journal holds no report")
         seen = [o for o in ERROR_OUTCOMES
@@ -215,6 +217,44 @@ class ChartBuilder:
         return self._timed("host-cpu", "Load generator nodes: CPU use", "CPU (%)", series,
                            "Whole-node CPU of each agent's node: a saturated generator "
                            "measures itself as much as the target.")
+
+
+def _group_size(count):
+    return max(1, math.ceil(count / MAX_POINTS))
+
+
+def grouped_histograms(intervals):
+    """(start, end, Histogram) per point: consecutive intervals added together when a run
+    has more than MAX_POINTS of them, so a percentile is read from the exact histogram of
+    the longer span, never averaged."""
+    size = _group_size(len(intervals.histograms))
+    for first in range(0, len(intervals.histograms), size):
+        last = min(first + size, len(intervals.histograms)) - 1
+        histogram = intervals.histograms[first]
+        if last > first:
+            histogram = histogram.copy()
+            for other in intervals.histograms[first + 1:last + 1]:
+                histogram.add(other)
+        yield intervals.starts[first], intervals.ends[last], histogram
+
+
+def grouped_counts(counts):
+    """IntervalCounts summed over consecutive intervals, at most MAX_POINTS of them."""
+    size = _group_size(len(counts))
+    if size == 1:
+        return counts
+    grouped = []
+    for first in range(0, len(counts), size):
+        part = counts[first:first + size]
+        total = IntervalCounts(part[0].start, part[-1].end)
+        for counted in part:
+            total.intended += counted.intended
+            for name, outcomes in counted.by_target.items():
+                into = total.by_target.setdefault(name, {})
+                for outcome, n in outcomes.items():
+                    into[outcome] = into.get(outcome, 0) + n
+        grouped.append(total)
+    return grouped
 
 
 def _notable(record):

@@ -1,0 +1,88 @@
+"""report.html's chart layer on its own: the percentile axis, ticks, paths with gaps and lone
+points, exact grouping of long runs, and the ``loadgate report`` command's parser."""
+import argparse
+import math
+import re
+
+import numpy as np
+import pytest
+
+from loadgate.controller import report_html_cli
+from loadgate.controller.report_html_charts import MAX_POINTS, grouped_counts, \
+    grouped_histograms
+from loadgate.controller.report_html_data import IntervalCounts, TargetIntervals
+from loadgate.controller.report_html_svg import (
+    Chart, Series, nice_ticks, percentile_label, percentile_x, render)
+from loadgate.native._hdr import Histogram
+from loadgate.native.errors import InfrastructureError
+from loadgate.native.outcomes import Outcome
+
+
+def test_percentile_axis_is_hdrhistograms():
+    assert [percentile_x(p) for p in (0.0, 90.0, 99.0, 99.9)] == \
+        pytest.approx([0.0, 1.0, 2.0, 3.0])
+    assert [percentile_label(x) for x in range(6)] == \
+        ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (0.0, 0.37), (3.0, 1234.5), (0.0, 0.0)])
+def test_ticks_cover_the_range(low, high):
+    ticks = nice_ticks(low, high)
+    assert ticks[0] <= low and ticks[-1] >= high and len(ticks) <= 12
+    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1
+
+
+def test_a_gap_breaks_the_line_and_a_lone_point_is_a_dot():
+    chart = Chart("c", "A chart", "x (s)", "y (ms)",
+                  [Series("s", [(0, 1.0), (1, 2.0), (2, None), (3, 4.0)], "#000")])
+    svg = render(chart)
+    d = re.search(r'data-series="s" data-points="3"[^>]* d="([^"]*)"', svg).group(1)
+    assert re.findall(r"[MLh]", d) == ["M", "L", "M", "h"]
+    assert "<title" in svg and "x (s)" in svg and "y (ms)" in svg
+
+
+def test_long_runs_are_grouped_into_exact_histograms():
+    rng = np.random.default_rng(7)
+    intervals = TargetIntervals()
+    for index in range(MAX_POINTS * 2 + 7):
+        histogram = Histogram()
+        histogram.record_array(rng.lognormal(8, 1 + index % 3, 50).astype(np.int64) + 1)
+        intervals.starts.append(float(index))
+        intervals.ends.append(index + 1.0)
+        intervals.histograms.append(histogram)
+    grouped = list(grouped_histograms(intervals))
+    assert len(grouped) <= MAX_POINTS
+    size = math.ceil(len(intervals.histograms) / MAX_POINTS)
+    for number, (start, end, histogram) in enumerate(grouped):
+        part = intervals.histograms[number * size:(number + 1) * size]
+        exact = Histogram()
+        for other in part:
+            exact.add(other)
+        assert (start, end) == (number * size, number * size + len(part))
+        assert histogram == exact
+    assert sum(h.total_count for _, _, h in grouped) == \
+        sum(h.total_count for h in intervals.histograms)
+    assert intervals.histograms[0].total_count == 50  # grouping never adds into a source
+
+
+def test_counts_are_summed_when_grouped():
+    counts = [IntervalCounts(i, i + 1.0, intended=10, by_target={
+        "a": {Outcome.OK_2XX: 9, Outcome.SERVER_5XX: i % 2}}) for i in range(MAX_POINTS + 1)]
+    grouped = grouped_counts(counts)
+    assert len(grouped) == math.ceil(len(counts) / 2)
+    assert sum(c.intended for c in grouped) == 10 * len(counts)
+    assert sum(c.by_target["a"][Outcome.SERVER_5XX] for c in grouped) == len(counts) // 2
+    assert grouped_counts(counts[:10]) == counts[:10]
+
+
+def test_report_command(tmp_path):
+    parser = argparse.ArgumentParser()
+    report_html_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["report", str(tmp_path)])
+    assert args.func(args) == 0
+    text = (tmp_path / "report.html").read_text()
+    assert "no load run in this directory" in text
+    args = parser.parse_args(["report", str(tmp_path / "absent")])
+    with pytest.raises(InfrastructureError):
+        args.func(args)
