@@ -24,14 +24,12 @@ import os
 import time
 import uuid
 
-import grpc
-
 from loadgate.controller.merge import IntervalMerger, RunTotals
 from loadgate.controller.run_journal import RecordKind
 from loadgate.controller.runner_agents import AgentClient
 from loadgate.controller.runner_ingest import ReportIngest
-from loadgate.controller.runner_loss import MAX_REJECTIONS, AgentLossMixin
-from loadgate.controller.runner_reports import AgentStream, HistogramLayout, Rejection
+from loadgate.controller.runner_loss import AgentLossMixin
+from loadgate.controller.runner_reports import AgentStream, HistogramLayout
 from loadgate.controller.runner_session import AgentSession, AgentState, RunStatus
 from loadgate.controller.runner_spec import RunDefinition
 from loadgate.controller.runner_summary import build_summary, render_summary
@@ -154,6 +152,9 @@ class DistributedRun(AgentLossMixin):
     async def adjust(self, rate_scale=None, weights=None):
         """Changes the whole run's rate (a factor on the plan's schedule) and/or target
         weights, on every agent still generating."""
+        if self.status is not RunStatus.RUNNING:
+            raise InfrastructureError(f"adjust() needs a running run, the run is "
+                                      f"{self.status.value}")
         if rate_scale is not None:
             if not rate_scale > 0:
                 raise ConfigError(f"rate_scale must be positive, got {rate_scale!r}")
@@ -164,7 +165,17 @@ class DistributedRun(AgentLossMixin):
         await self._push_adjustment(weights=weights or None)
 
     async def stop(self, reason="stopped by the controller"):
-        """Stops load on every agent; the run ends once their final reports are in."""
+        """Stops load on every agent; the run ends once their final reports are in (at once
+        if it never started)."""
+        if self.status in (RunStatus.PREPARING, RunStatus.PREPARED):
+            self.status = RunStatus.STOPPED
+            self.stop_reason = reason
+            await self._stop_agents(reason)
+            self._conclude()
+            self._done.set()
+            for queue in self._queues:
+                queue.put_nowait(None)
+            return
         if self.status is RunStatus.RUNNING:
             self.status = RunStatus.STOPPED
             self.stop_reason = reason
@@ -244,48 +255,6 @@ class DistributedRun(AgentLossMixin):
                 await self._stop_agents(self.stop_reason)
                 await self._finish()
 
-    async def _heartbeat(self, s):
-        while not self._done.is_set() and s.state is not AgentState.FINISHED:
-            began = time.monotonic()
-            try:
-                reply, sample = await s.client.ping(timeout_s=self.heartbeat_s * 0.8)
-            except grpc.aio.AioRpcError as exc:
-                s.last_error = f"Ping: {exc.code().name}: {exc.details()}"
-            else:
-                s.last_answer = time.monotonic()
-                s.generating = reply.generating
-                s.last_sample = sample
-                if s.state is AgentState.LOST:
-                    await self._agent_back(s)
-            if (s.state is AgentState.RUNNING
-                    and time.monotonic() - s.last_answer > self.lost_after_s):
-                await self._agent_lost(s, f"no answer for {self.lost_after_s:g} s "
-                                          f"({s.last_error or 'no error'})")
-            await asyncio.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - began)))
-
-    async def _stream(self, s):
-        while not self._done.is_set() and not s.stream.finished and s.state is not AgentState.FAULTY:
-            call = s.client.stream_reports(self.run_id, s.stream.last_seq)
-            try:
-                async for report in call:
-                    result = self.ingest.accept(s.stream, report)
-                    self._wake_ingest.set()
-                    if isinstance(result, Rejection):
-                        s.rejections += 1
-                        s.consecutive_rejections += 1
-                        s.last_error = f"report rejected: {result.reason.value}: {result.message}"
-                        call.cancel()
-                        if s.consecutive_rejections >= MAX_REJECTIONS:
-                            await self._agent_faulty(s, result)
-                        break
-                    s.consecutive_rejections = 0
-                    if result.final:
-                        break
-            except grpc.aio.AioRpcError as exc:
-                s.last_error = f"StreamReports: {exc.code().name}: {exc.details()}"
-                s.stream_failures += 1
-            await asyncio.sleep(0.05 if s.state is AgentState.RUNNING else self.heartbeat_s)
-
     async def _ingest_loop(self):
         while True:
             await self._wake_ingest.wait()
@@ -354,32 +323,46 @@ class DistributedRun(AgentLossMixin):
         if self._done.is_set() or self.status is RunStatus.FINISHING:
             return
         previous, self.status = self.status, RunStatus.FINISHING
-        # Under the ingest lock: no report is journaled after FINISHED, none merged after the
-        # summary was taken.
-        async with self._ingest_lock:
-            await self._journal_and_merge()
-            self._mark_finished()
-            self._emit(self.ingest.merger.finish())
-            self.finished_ns = time.time_ns()
-            if previous is RunStatus.RUNNING:
-                previous = RunStatus.COMPLETED
-            if not any(s.state is AgentState.FINISHED for s in self.sessions) \
-                    and previous is RunStatus.COMPLETED:
-                previous = RunStatus.FAILED
-                self.stop_reason = "no agent finished its shard"
-            self.status = previous
-            self._summary = build_summary(self)
-            self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
-                                        reason=self.stop_reason)
-            self.run_dir.write_summary(self._summary, render_summary(self._summary))
-            self.run_dir.close_outputs()
+        try:
+            # Under the ingest lock: no report is journaled after FINISHED, none merged after
+            # the summary was taken.
+            async with self._ingest_lock:
+                await self._journal_and_merge()
+                self._mark_finished()
+                self._emit(self.ingest.merger.finish())
+                self.status = self._final_status(previous)
+                self._conclude()
+        finally:
+            if self.status is RunStatus.FINISHING:
+                self.status = RunStatus.FAILED
             self._done.set()
-        for queue in self._queues:
-            queue.put_nowait(None)
+            for queue in self._queues:
+                queue.put_nowait(None)
+
+    def _final_status(self, previous):
+        if previous is not RunStatus.RUNNING:
+            return previous
+        if not any(s.state is AgentState.FINISHED for s in self.sessions):
+            self.stop_reason = "no agent finished its shard"
+            return RunStatus.FAILED
+        return RunStatus.COMPLETED
+
+    def _conclude(self):
+        self.finished_ns = time.time_ns()
+        self._summary = build_summary(self)
+        self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
+                                    reason=self.stop_reason)
+        self.run_dir.write_summary(self._summary, render_summary(self._summary))
+        self.run_dir.close_outputs()
 
     def _emit(self, ready):
+        interval_ns = int(self.definition.interval_s * NS)
         for merged in ready:
-            if merged.agents:
+            if not merged.agents:
+                # Nobody reported it (every agent lost or done): it still covers its span.
+                merged.start_ns = self.start_ns + merged.index * interval_ns
+                merged.end_ns = merged.start_ns + interval_ns
+            else:
                 self.span_start_ns = min(self.span_start_ns or merged.start_ns, merged.start_ns)
                 self.span_end_ns = max(self.span_end_ns, merged.end_ns)
             self.run_dir.write_interval(merged)

@@ -1,5 +1,6 @@
-"""What a DistributedRun does when an agent stops answering, comes back, or keeps sending
-reports that are rejected; and the rate adjustments that follow.
+"""Each agent's two tasks in a DistributedRun (heartbeat, report stream), and what the run
+does when an agent stops answering, comes back, or keeps sending reports that are rejected;
+and the rate adjustments that follow.
 
 Every interval received before a loss stays merged.  The plan's policy then decides:
 ``abort`` stops every agent (the summary says aborted), ``continue`` lets the others finish
@@ -9,8 +10,11 @@ over its rate for the rest of the run (an Adjust to N/M times the user's rate sc
 import asyncio
 import time
 
+import grpc
+
 from loadgate.controller.plan_model import AgentLossPolicy
 from loadgate.controller.run_journal import RecordKind
+from loadgate.controller.runner_reports import Rejection
 from loadgate.controller.runner_session import AgentState, RunStatus
 from loadgate.native.errors import InfrastructureError
 
@@ -22,8 +26,60 @@ MAX_REJECTIONS = 3
 class AgentLossMixin:
     """Mixed into DistributedRun; uses its sessions, journal, merger and status."""
 
-    async def _agent_lost(self, s, reason):
-        s.state = AgentState.LOST
+    async def _heartbeat(self, s):
+        while not self._done.is_set() and s.state is not AgentState.FINISHED:
+            began = time.monotonic()
+            try:
+                reply, sample = await s.client.ping(timeout_s=self.heartbeat_s * 0.8)
+            except grpc.aio.AioRpcError as exc:
+                s.last_error = f"Ping: {exc.code().name}: {exc.details()}"
+            else:
+                s.last_answer = time.monotonic()
+                s.generating = reply.generating
+                s.last_sample = sample
+                if s.state is AgentState.LOST:
+                    await self._agent_back(s)
+            if (s.state is AgentState.RUNNING
+                    and time.monotonic() - s.last_answer > self.lost_after_s):
+                await self._agent_lost(s, f"no answer for {self.lost_after_s:g} s "
+                                          f"({s.last_error or 'no error'})")
+            await asyncio.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - began)))
+
+    async def _stream(self, s):
+        while not self._done.is_set() and not s.stream.finished and s.state is not AgentState.FAULTY:
+            call = s.client.stream_reports(self.run_id, s.stream.last_seq)
+            pause = self.heartbeat_s
+            try:
+                async for report in call:
+                    result = self.ingest.accept(s.stream, report)
+                    self._wake_ingest.set()
+                    if isinstance(result, Rejection):
+                        await self._rejected(s, result)
+                        call.cancel()
+                        pause = 0.05  # ask again right away, from the last good seq
+                        break
+                    s.consecutive_rejections = 0
+                    if result.final:
+                        break
+            except grpc.aio.AioRpcError as exc:
+                s.last_error = f"StreamReports: {exc.code().name}: {exc.details()}"
+                s.stream_failures += 1
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE):
+                    # The agent no longer holds the run as journaled (it restarted): what it
+                    # had is gone, asking again will not bring it back.
+                    await self._agent_faulty(s, s.last_error)
+            await asyncio.sleep(pause)
+
+    async def _rejected(self, s, rejection):
+        s.rejections += 1
+        s.consecutive_rejections += 1
+        s.last_error = f"report rejected: {rejection.reason.value}: {rejection.message}"
+        if s.consecutive_rejections >= MAX_REJECTIONS:
+            await self._agent_faulty(s, f"{MAX_REJECTIONS} reports rejected in a row, last: "
+                                        f"{rejection.reason.value}: {rejection.message}")
+
+    async def _agent_lost(self, s, reason, state=AgentState.LOST):
+        s.state = state
         s.lost_at_ns = time.time_ns()
         s.lost_reason = reason
         s.times_lost += 1
@@ -34,11 +90,10 @@ class AgentLossMixin:
         await self._apply_loss_policy(s)
         self._check_end()
 
-    async def _agent_faulty(self, s, rejection):
-        await self._agent_lost(s, f"{MAX_REJECTIONS} reports rejected in a row, last: "
-                                  f"{rejection.reason.value}: {rejection.message}")
-        s.state = AgentState.FAULTY
-        await self._quietly(s.client.stop(self.run_id, "its reports are being rejected"))
+    async def _agent_faulty(self, s, reason):
+        """An agent that answers but whose reports cannot be used: lost for good."""
+        await self._agent_lost(s, reason, AgentState.FAULTY)
+        await self._quietly(s.client.stop(self.run_id, reason))
 
     async def _agent_back(self, s):
         s.state = AgentState.RUNNING

@@ -20,6 +20,7 @@ from loadgate.controller.runner import DistributedRun
 from loadgate.controller.runner_spec import RunDefinition, TargetDefinition
 from loadgate.controller.plan_model import AgentLossPolicy
 from loadgate.native._hdr import Histogram
+from loadgate.native.errors import InfrastructureError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ConstantRate
 from loadgate.native.target import start_target_process, stop_target_process
@@ -255,3 +256,24 @@ def test_live_progress_shows_the_latest_interval(three_agent_run):
     text = out.getvalue()
     assert run.run_id in text and "completed 600" in text and "agents 3/3" in text
     assert "baseline" in text and "canary" in text and "p99 ms" in text
+
+
+@pytest.mark.slow
+def test_a_prepared_run_stopped_before_its_start_sends_nothing(tmp_path):
+    with real_target() as (url, requests_seen), real_agents(1) as agents:
+        run = DistributedRun(definition(url), [agents[0].address], tmp_path / "run")
+
+        async def main():
+            try:
+                await run.prepare()
+                with pytest.raises(InfrastructureError):
+                    await run.adjust(rate_scale=2.0)
+                await run.stop("changed my mind")
+                return await run.wait(5)
+            finally:
+                await run.close()
+        summary = asyncio.run(main())
+        seen = requests_seen()
+    assert summary["status"] == "stopped" and summary["reason"] == "changed my mind"
+    assert summary["load"]["sent"] == 0 == seen
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped"
