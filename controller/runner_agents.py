@@ -5,6 +5,7 @@ connection never delays them and a saturated agent is not declared dead for it.
 """
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 
@@ -14,6 +15,14 @@ from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc
 # A private subchannel pool keeps the heartbeat channel off the report stream's connection.
 _OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+class _Channels(NamedTuple):
+    channel: object  # calls and the report stream
+    beat_channel: object  # heartbeats only
+    stub: object
+    beat: object
+    stream_raw: object
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class AgentClient:
         return grpc.aio.secure_channel(self.address, self.credentials, options=options)
 
     @property
-    def _stubs(self):
+    def _calls(self):
         if self._channels is None:
             channel = self._open(_CHANNEL_OPTIONS)
             beat_channel = self._open(_CHANNEL_OPTIONS + _OWN_CONNECTION)
@@ -65,9 +74,10 @@ class AgentClient:
             stream_raw = channel.unary_stream(
                 "/loadgate.v1.Agent/StreamReports",
                 request_serializer=agent_pb2.StreamReportsRequest.SerializeToString)
-            self._channels = (channel, beat_channel, agent_pb2_grpc.AgentStub(channel),
-                              agent_pb2_grpc.AgentStub(beat_channel), stream_raw)
+            self._channels = _Channels(channel, beat_channel, agent_pb2_grpc.AgentStub(channel),
+                                       agent_pb2_grpc.AgentStub(beat_channel), stream_raw)
         return self._channels
+
     @property
     def agent_id(self):
         if self.node:
@@ -76,7 +86,7 @@ class AgentClient:
 
     async def describe(self, timeout_s=5.0):
         try:
-            self.node = await self._stubs[2].Describe(agent_pb2.DescribeRequest(), timeout=timeout_s,
+            self.node = await self._calls.stub.Describe(agent_pb2.DescribeRequest(), timeout=timeout_s,
                                                   metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise InfrastructureError(
@@ -86,7 +96,7 @@ class AgentClient:
     async def ping(self, timeout_s):
         """One heartbeat; returns (PingReply, ClockSample)."""
         sent = time.time_ns()
-        reply = await self._stubs[3].Ping(
+        reply = await self._calls.beat.Ping(
             agent_pb2.PingRequest(controller_unix_ns=sent, controller_id=self.controller_id),
             timeout=timeout_s, metadata=self.metadata)
         return reply, clock_sample(sent, reply.agent_unix_ns, time.time_ns())
@@ -123,19 +133,19 @@ class AgentClient:
     def stream_reports(self, run_id, after_seq):
         """The StreamReports call: an async iterator of serialized IntervalReports (bytes);
         cancel() ends it."""
-        return self._stubs[4](
+        return self._calls.stream_raw(
             agent_pb2.StreamReportsRequest(run_id=run_id, after_seq=after_seq),
             metadata=self.metadata)
 
     async def close(self):
         if self._channels is not None:
-            await self._channels[0].close()
-            await self._channels[1].close()
+            await self._channels.channel.close()
+            await self._channels.beat_channel.close()
             self._channels = None
 
     async def _call(self, name, request, timeout_s):
         try:
-            return await getattr(self._stubs[2], name)(request, timeout=timeout_s,
+            return await getattr(self._calls.stub, name)(request, timeout=timeout_s,
                                                    metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise AgentCallError(self.address, name, exc.code(), exc.details()) from None
