@@ -61,7 +61,7 @@ DEF BATCH_SPAN_MAX_NS = 100000000
 DEF BATCH_MAX = 4096
 DEF UNSCHEDULED_BATCH = 65536
 # Responses get a wake-up of their own only when the next send is further away than this
-# (plus the pacing window); closer, they are collected at that send's wake-up.
+# plus the pacing window; closer, they are collected at that send's wake-up.
 DEF HARVEST_WAKE_NS = 250000
 DEF HARVEST_BUFFER = 65536
 DEF HARVEST_READY_MAX = 256
@@ -458,7 +458,7 @@ cdef class WorkerEngine:
                 # With a pacing window the wake-up comes up to a window late and takes every
                 # arrival due by then: fewer wake-ups, lag up to the window (wrk2 uses 1 ms).
                 lg_pacer_arm(self.timer_fd, due + self.window_ns)
-                self.watch_harvest(due - now > HARVEST_WAKE_NS)
+                self.watch_harvest(due - now > HARVEST_WAKE_NS + self.window_ns)
                 return
             if due > now:
                 now = lg_pacer_spin_until(due)

@@ -241,3 +241,26 @@ def test_a_run_stopped_before_its_start_counts_every_arrival_not_sent():
     assert result.scheduled == 200
     assert outcome_counts(total) == {Outcome.NOT_SENT: 200}
     assert total.sent == 0 and result.intervals[-1].final
+
+
+def test_a_pacing_window_batches_sends_and_responses_keep_their_arrival_time():
+    # A 2 ms window at 1000/s: sends wait for the window (two of three by 1 ms or more), and
+    # answers are collected only at the next wake-up, about 2 ms later.  They are timed by the
+    # kernel's receive timestamp, so service time stays what the server took.
+    with target() as url:
+        result = run_once(config(url + "/", ConstantRate(1000, 1.0), connections=4,
+                                 pacing_window_s=0.002), workers=1)
+    total = result.totals.combined()
+    assert outcome_counts(total) == {Outcome.OK_2XX: 1000}
+    assert total.schedule_lag.value_at_percentile(90.0) >= 999
+    assert total.service_time.value_at_percentile(50.0) < 500
+
+
+def test_responses_collected_between_sends_at_a_high_rate():
+    # 5000/s leaves 200 us between sends: responses are read at the next send's wake-up.
+    with target() as url:
+        result = run_once(config(url + "/", ConstantRate(5000, 0.3), connections=8), workers=1)
+    total = result.totals.combined()
+    assert result.scheduled == 1500
+    assert outcome_counts(total) == {Outcome.OK_2XX: 1500}
+    assert total.service_time.total_count == 1500

@@ -73,6 +73,7 @@ def test_missing_rotation_file_is_a_config_error(tmp_path):
     lambda: EngineConfig([TargetSpec("a", "http://h/", weight=0)], Poisson(10, 1, 1)),
     lambda: EngineConfig([TargetSpec("a", "http://h/")], Poisson(10, 1, 1), connections=5,
                          max_connections=4),
+    lambda: EngineConfig([TargetSpec("a", "http://h/")], Poisson(10, 1, 1), pacing_window_s=1),
 ])
 def test_invalid_configuration_is_refused(make):
     with pytest.raises(ConfigError):
@@ -84,7 +85,8 @@ def test_config_survives_the_wire():
         [TargetSpec("base", "http://h:1/", weight=3,
                     request=RequestTemplate(method="POST", headers=(("A", "b"),), body=b"\x00\xff")),
          TargetSpec("canary", "https://h:2/", weight=1, tls_verify=False, ca_file="/ca.pem")],
-        Poisson(100, 2.5, 9), connections=3, max_connections=30, timeout_s=1.5, interval_s=0.5)
+        Poisson(100, 2.5, 9), connections=3, max_connections=30, timeout_s=1.5, interval_s=0.5,
+        pacing_window_s=0.001)
     again = EngineConfig.from_dict(config.to_dict())
     assert again.to_dict() == config.to_dict()
     assert again.targets[0].request.body == b"\x00\xff" and again.schedule == config.schedule
