@@ -277,3 +277,22 @@ def test_a_prepared_run_stopped_before_its_start_sends_nothing(tmp_path):
     assert summary["status"] == "stopped" and summary["reason"] == "changed my mind"
     assert summary["load"]["sent"] == 0 == seen
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_merged_hlogs_read_back_with_the_reference_implementation(three_agent_run):
+    hdrh_log = pytest.importorskip("hdrh.log")
+    from hdrh.histogram import HdrHistogram
+    run, _, _, _, run_dir = three_agent_run
+    for name in ("baseline", "canary"):
+        for metric in Metric:
+            path = os.path.join(run_dir, HLOG_DIR, hlog_name(name, metric))
+            reader = hdrh_log.HistogramLogReader(path, HdrHistogram(1, 3_600_000_000, 3))
+            total = HdrHistogram(1, 3_600_000_000, 3)
+            while (interval := reader.get_next_interval_histogram()) is not None:
+                total.add(interval)
+            ours = run.ingest.totals.targets[name].histograms[metric]
+            assert total.get_total_count() == ours.total_count > 0
+            for percentile in (50.0, 99.0, 99.9):
+                assert total.get_value_at_percentile(percentile) == \
+                    ours.value_at_percentile(percentile)
