@@ -34,17 +34,18 @@ def render_report_html(run_dir, load_dir=None):
     verdict = data.verdict or {}
     name = (verdict.get("deployment") or {}).get("id") or data.run_id or \
         os.path.basename(data.path)
-    kind = "Deployment readiness report" if data.transitions or data.verdict else \
-        "Load run report"
-    body = [_header(data, f"{kind}: {name}"), _missing(data), _verdict(data), _gates(data),
-            _stages(data),
-            _section("timeline", "Timeline", charts.stage_timeline()),
-            _section("latency", "Latency", charts.spectrum() + _latency_table(data)
-                     + charts.latency_over_time()),
-            _section("throughput", "Throughput and errors", charts.throughput()
-                     + charts.errors() + _outcome_table(data)),
-            _section("telemetry", "GPU and node telemetry", charts.gpu() + charts.host_cpu()),
-            _generator(data)]
+    readiness = bool(data.transitions or data.verdict)
+    kind = "Deployment readiness report" if readiness else "Load run report"
+    body = [_header(data, f"{kind}: {name}"), _missing(data)]
+    if readiness:
+        body += [_verdict(data), _gates(data), _stages(data),
+                 _section("timeline", "Timeline", charts.stage_timeline())]
+    body += [_section("latency", "Latency", charts.spectrum() + _latency_table(data)
+                      + charts.latency_over_time()),
+             _section("throughput", "Throughput and errors", charts.throughput()
+                      + charts.errors() + _outcome_table(data)),
+             _section("telemetry", "GPU and node telemetry", charts.gpu() + charts.host_cpu()),
+             _generator(data)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(kind)}: {escape(name)}</title><style>{CSS}</style></head>"

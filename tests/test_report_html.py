@@ -108,13 +108,11 @@ def write_plan(path, baseline_url, canary_url):
     return load_plan(str(path))
 
 
-@pytest.fixture(scope="module")
-def readiness_dir(tmp_path_factory):
-    """A finished readiness run in the controller service's layout (load in run/load)."""
-    base = tmp_path_factory.mktemp("html")
+def run_readiness(base, canary_args, expected):
+    """A readiness run in the controller service's layout (its load in run/load)."""
     baseline = start_target_process(["--latency", "lognormal:3ms:0.3", "--seed", "1"])
-    canary = start_target_process(["--latency", "lognormal:3ms:0.3", "--seed", "2",
-                                   "--error-rate", "0.04", "--error-status", "503"])
+    canary = start_target_process(["--latency", "lognormal:3ms:0.3", "--seed", "2"]
+                                  + canary_args)
     agent = start_agent(["--workers", "1"], fake_nvml=FAKE_GPU)
     try:
         plan = write_plan(base / "plan.yaml", f"http://{baseline[1]}:{baseline[2]}",
@@ -123,12 +121,26 @@ def readiness_dir(tmp_path_factory):
         source = AgentMeasurementSource(plan, [agent.address], str(run_dir / "load"))
         readiness = Readiness(plan, run_dir, source)
         status = readiness.run(lambda: time.sleep(0.25), 2000)
-        assert status is RunStatus.PASSED, readiness.reasons
+        assert status is expected, readiness.reasons
     finally:
         agent.stop()
         stop_target_process(canary[0])
         stop_target_process(baseline[0])
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def readiness_dir(tmp_path_factory):
+    """A canary answering 4 % of requests with 503, within the 25 % gate: promoted."""
+    return run_readiness(tmp_path_factory.mktemp("html"),
+                         ["--error-rate", "0.04", "--error-status", "503"], RunStatus.PASSED)
+
+
+@pytest.fixture(scope="module")
+def rolled_back_dir(tmp_path_factory):
+    """A canary failing 60 % of requests: its first step fails and it is rolled back."""
+    return run_readiness(tmp_path_factory.mktemp("rollback"), ["--error-rate", "0.6"],
+                         RunStatus.FAILED)
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +280,25 @@ def test_partial_run_dirs_draw_what_exists(readiness_dir, tmp_path):
     page = Page(render_report_html(empty))
     assert not page.charts
     for reason in ("no load run in this directory", "no latency percentile spectrum",
-                   "no GPU telemetry", "no stage timeline"):
+                   "no GPU telemetry", "no readiness journal or verdict.json"):
         assert reason in page.all_text
+
+
+@pytest.mark.slow
+def test_rolled_back_canary_shows_the_failure(rolled_back_dir):
+    page = Page(render_report_html(rolled_back_dir))
+    verdict = json_file(rolled_back_dir / "verdict.json")
+    assert "Verdict: FAIL" in page.all_text and "DO NOT DEPLOY" in page.all_text
+    failed = [r for r in page.table("status")[1:] if r[0] == "FAIL"]
+    assert failed and {r[4] for r in failed} == {"canary step 1 (50%)"}
+    assert len(failed) == sum(g["status"] == "FAIL" for g in verdict["gates"])
+    spans = page.charts["timeline"]["spans"]
+    for state in ("[AVARIYA]", "[OTKAT]"):
+        assert any(s.startswith(state) for s in spans), state
+    assert "canary step 1 (50%): judged window: FAIL" in spans
+    assert "canary step 1 (50%)" in page.charts["errors"]["bands"]
+    assert page.charts["errors"]["series"]["5xx/s"] > 1
+    assert "(rolled back)" in page.all_text
 
 
 def cut_journal(path):
