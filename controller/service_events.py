@@ -67,7 +67,8 @@ class RunView:
             self.states[record["node"]] = (State(record["to"]), int(record["time"] * NS))
             return transition_message(record, self.seq)
         if kind == RecordKind.STEP.value:
-            if record.get("phase") == "approval" and record.get("status") == "WAITING":
+            if record.get("phase") == "approval" and \
+                    str(record.get("status")).lower() == RunStatus.WAITING.value:
                 self.waiting = True
             if not self.live and record.get("phase") == "canary" \
                     and record.get("weight") is not None:

@@ -1,0 +1,117 @@
+"""Shared pieces of the controller service tests (no tests here).
+
+``Bench`` is a real setup on loopback: two ``loadgate target`` processes (baseline and
+canary, lognormal latency around 4 ms), one ``loadgate agent`` process, and a Controller
+service serving over real gRPC.  ``plan_text`` writes a short canary plan against those
+targets (about 7 s of wall time: a 3 s performance window, two 1 s canary steps, 1 s of
+post-deploy monitoring).  ``journal_transitions`` reads the run's journal back, so tests
+compare what watchers saw with what the run recorded.
+"""
+import json
+import os
+import textwrap
+
+import grpc
+
+from agent_helpers import start_agent
+from loadgate.controller.service import ControllerService, start_server
+from loadgate.controller.service_runs import AgentSources
+from loadgate.native.target import start_target_process, stop_target_process
+from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
+
+TARGET_ARGS = {"baseline": ["--latency", "lognormal:4ms:0.3", "--seed", "1"],
+               "canary": ["--latency", "lognormal:4ms:0.3", "--seed", "2"]}
+RUN_TIMEOUT_S = 90
+
+
+class Bench:
+    def __init__(self):
+        self.targets = {}
+        self.agent = None
+        try:
+            for name, args in TARGET_ARGS.items():
+                self.targets[name] = start_target_process(args)
+            self.agent = start_agent(["--workers", "1"])
+        except BaseException:
+            self.close()
+            raise
+
+    def url(self, name):
+        _, host, port = self.targets[name][:3]
+        return f"http://{host}:{port}"
+
+    def plan_text(self, risk="LOW", extra="", rate=400, gates=""):
+        return textwrap.dedent(f"""\
+            apiVersion: loadgate/v1
+            deployment:
+              id: DEPLOY-WATCH-1
+              type: FEATURE
+              risk: {risk}
+              environment: DEV
+              strategy: CANARY
+            targets:
+              - {{name: baseline, url: "{self.url('baseline')}", role: baseline}}
+              - {{name: canary, url: "{self.url('canary')}", role: canary, weight: 0}}
+            load:
+              rate: {rate}
+              duration: 3s
+              connections: 8
+              interval: 250ms
+              timeout: 2s
+            gates: {{latency: {{p95: 200ms}}{gates}}}
+            canary:
+              steps: [50, 100]
+              hold: 1s
+              max_hold: 10s
+            monitoring:
+              post_deploy_window: 1s
+            """) + textwrap.dedent(extra)
+
+    def service(self, runs_dir, **options):
+        return ControllerService(runs_dir, AgentSources([self.agent.address]), **options)
+
+    def close(self):
+        if self.agent is not None:
+            self.agent.stop()
+        for process in self.targets.values():
+            stop_target_process(process[0])
+
+
+class Served:
+    """A ControllerService on a real gRPC server, with a client stub."""
+
+    def __init__(self, service, **server_options):
+        self.service = service
+        self.server = start_server(service, "127.0.0.1:0", **server_options)
+        self.channels = []
+        self.stub = self.new_stub()
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def new_stub(self, options=()):
+        channel = grpc.insecure_channel(self.address, options=list(options))
+        self.channels.append(channel)
+        return controller_pb2_grpc.ControllerStub(channel)
+
+    def submit(self, text, name="plan.yaml"):
+        return self.stub.SubmitPlan(controller_pb2.SubmitPlanRequest(plan_yaml=text,
+                                                                     plan_name=name))
+
+    def close(self):
+        for channel in self.channels:
+            channel.close()
+        self.server.stop()
+
+
+def journal_records(run_dir):
+    """Every record of a run's readiness journal, in order."""
+    with open(os.path.join(run_dir, "journal.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def journal_transitions(run_dir):
+    """[(seq, record)] of the transitions in a run's journal; seq is the line number."""
+    return [(seq, r) for seq, r in enumerate(journal_records(run_dir), 1)
+            if r["kind"] == "transition"]
