@@ -127,7 +127,9 @@ def test_reconnecting_with_after_seq_replays_exactly_the_missing_reports(gpu_age
         prepare_and_start(stub, "replay", spec)
         first = stream_reports(stub, "replay", limit=2)  # the controller drops off here
         assert [r.seq for r in first] == [1, 2]
-        rest = stream_reports(gpu_agent.stub(), "replay", after_seq=2)
+        # a new connection, as a controller that lost its own would open
+        fresh = gpu_agent.stub(options=[("grpc.use_local_subchannel_pool", 1)])
+        rest = stream_reports(fresh, "replay", after_seq=2)
     check_sequence(first + rest)
     assert outcome_total(first + rest) == 200
     # a full replay gives byte-identical reports: the agent's copy is the truth
