@@ -12,11 +12,10 @@ throughput and errors by outcome class over time (hlogs and the run journal's re
 and node telemetry (telemetry.jsonl).  A partial run directory -- a plain load run, a run
 still going, an aborted one -- draws what exists and lists what is missing.
 """
-import datetime
 import os
 from html import escape
 
-from loadgate.controller.report_html_charts import ChartBuilder, missing
+from loadgate.controller.report_html_charts import ChartBuilder, format_utc, missing
 from loadgate.controller.report_html_data import completed, load_run
 from loadgate.controller.report_html_style import CSS
 from loadgate.controller.states import State
@@ -65,13 +64,6 @@ def write_report_html(run_dir, load_dir=None):
     return path
 
 
-def _time(epoch):
-    if epoch is None:
-        return "-"
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _section(key, title, content):
     return f'<section id="{key}" aria-labelledby="{key}-h"><h2 id="{key}-h">{title}</h2>' \
            f'{content}</section>'
@@ -99,8 +91,8 @@ def _header(data, title):
         facts += [("recommendation", f"{verdict.get('recommendation', '-')} "
                                      f"{verdict.get('marker', '')}"),
                   ("run status", verdict.get("run_status", "-")),
-                  ("started", _time(verdict.get("started"))),
-                  ("finished", _time(verdict.get("finished")))]
+                  ("started", format_utc(verdict.get("started"))),
+                  ("finished", format_utc(verdict.get("finished")))]
     elif data.transitions:
         facts.append(("run status", "in progress or interrupted: no verdict yet"))
     if data.summary or data.run_status:
@@ -172,7 +164,7 @@ def _stages(data):
         note = " (rolled back)" if stage.get("rolled_back") else ""
         rows.append((f'<span class="{indent}">{escape(stage["title"])}</span>',
                      f'<code class="marker {_state_class(state)}">{escape(state.marker)}'
-                     f'</code>{note}', _time(stage.get("since"))))
+                     f'</code>{note}', format_utc(stage.get("since"))))
     source = "verdict.json" if data.verdict else "the journal so far"
     return _section("stages", "Stages", _table(f"Stage states with the seed's markers "
                                                f"(from {source})",

@@ -4,6 +4,7 @@ Each builder returns rendered HTML: the chart, or a paragraph saying why it is a
 axes count seconds from ``RunData.origin`` and share one range, so the readiness timeline,
 latency, throughput, errors and telemetry line up when read top to bottom.
 """
+import datetime
 import math
 from html import escape
 
@@ -59,6 +60,8 @@ class ChartBuilder:
                         for r in data.transitions if _notable(r)] \
             if self.origin is not None else []
         self.x_range = self._x_range()
+        self.time_label = TIME_LABEL if self.origin is None else \
+            f"{TIME_LABEL}; 0 = {format_utc(self.origin)}"
 
     def _x_range(self):
         if self.origin is None:
@@ -70,7 +73,7 @@ class ChartBuilder:
         return 0.0, max(ends) - self.origin if ends else 1.0
 
     def _timed(self, key, title, y_label, series, description):
-        return render(Chart(key, title, TIME_LABEL, y_label, series, bands=self.bands,
+        return render(Chart(key, title, self.time_label, y_label, series, bands=self.bands,
                             markers=self.markers, description=description,
                             x_range=self.x_range))
 
@@ -93,7 +96,7 @@ class ChartBuilder:
         rows.append(("judged windows", [Span(b.start, b.end, f"{b.label}: {b.legend}",
                                              b.colour, b.label) for b in self.bands]))
         return timeline("timeline", "Stage and canary-step timeline", rows, self.x_range,
-                        TIME_LABEL, TIMELINE_LEGEND)
+                        self.time_label, TIMELINE_LEGEND)
 
     def spectrum(self):
         targets = {n: t for n, t in self.data.targets.items()
@@ -198,9 +201,23 @@ class ChartBuilder:
             series = [Series(key, sorted(points, key=lambda p: p[0]),
                              PALETTE[i % len(PALETTE)]) for i, (key, points) in
                       enumerate(lines.items())]
+            if field == "memory_used_bytes":
+                series += self._memory_totals(samples, scale)
             html.append(self._timed(f"gpu-{field}", title, y_label, series,
                                     f"{title} per GPU from the agents' NVML samples."))
         return "".join(html)
+
+    def _memory_totals(self, samples, scale):
+        """Each GPU's framebuffer size as a dashed line, so the headroom is visible."""
+        lines = {}
+        for record, gpu in samples:
+            total = _gpu_value(gpu, "memory_total_bytes")
+            if total:
+                key = f"{record.get('agent_id', '?')} GPU {gpu.get('index', 0)} total"
+                lines.setdefault(key, []).append(
+                    (int(record["unix_ns"]) / 1e9 - self.origin, total * scale))
+        return [Series(key, sorted(points, key=lambda p: p[0]), PALETTE[i % len(PALETTE)],
+                       "6 4", 1.2) for i, (key, points) in enumerate(lines.items())]
 
     def host_cpu(self):
         lines = {}
@@ -255,6 +272,14 @@ def grouped_counts(counts):
                     into[outcome] = into.get(outcome, 0) + n
         grouped.append(total)
     return grouped
+
+
+def format_utc(epoch):
+    """An epoch instant as the report shows times ("-" for none)."""
+    if epoch is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _notable(record):

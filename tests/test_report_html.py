@@ -224,6 +224,9 @@ def test_readiness_report_draws_every_chart_from_the_run(readiness_dir):
     power = page.charts["gpu-power_milliwatts"]["series"]
     assert list(power.values()) == [with_gpu]
     assert any("NVIDIA H100" in name for name in power)
+    memory = page.charts["gpu-memory_used_bytes"]["series"]
+    assert sorted(memory.values()) == [with_gpu, with_gpu]
+    assert any(name.endswith("GPU 0 total") for name in memory)
     assert "no GPU telemetry" not in page.all_text
 
 
