@@ -27,6 +27,8 @@ from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("loadgate.agent")
 
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
+
 INSECURE_WARNING = (
     "WARNING: --insecure: this agent accepts calls from anyone who can reach {listen}, without "
     "authentication or encryption.  Whoever connects can make this node send load to every "
@@ -102,8 +104,8 @@ def build_server(options, service):
     agent_pb2_grpc.add_AgentServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (AGENT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     return server, health_servicer
 
@@ -126,7 +128,8 @@ async def serve(options, announce=print, port_file=None, metrics_port=None):
     if not options.agent_id:
         options.agent_id = f"{socket.gethostname()}:{port}"
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    for service_name in ("", AGENT_SERVICE):
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     service.start_watchdog()
     if metrics_port is not None:
         from loadgate.agent.metrics import serve_metrics

@@ -6,6 +6,10 @@ import urllib.request
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase)
 
 from agent_helpers import Pinger, run_spec, start_agent, stream_reports
 from loadgate.native._hdr import Histogram
@@ -75,6 +79,18 @@ def test_describe_and_ping(gpu_agent):
     assert reply.controller_unix_ns == before
     assert before <= reply.agent_unix_ns <= time.time_ns()
     assert reply.active_run_id == "" and not reply.generating
+
+
+def test_health_and_reflection(gpu_agent):
+    health = health_pb2_grpc.HealthStub(gpu_agent.channel())
+    for service in ("", "loadgate.v1.Agent"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    database = ProtoReflectionDescriptorDatabase(gpu_agent.channel())
+    assert "loadgate.v1.Agent" in database.get_services()
+    pool = descriptor_pool.DescriptorPool(database)
+    method = pool.FindServiceByName("loadgate.v1.Agent").FindMethodByName("StreamReports")
+    assert method.output_type.full_name == "loadgate.v1.IntervalReport"
 
 
 def test_describe_without_nvml_says_why():
