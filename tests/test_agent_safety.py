@@ -418,3 +418,23 @@ def test_concurrent_calls_beyond_the_limit_are_refused(capped_agent):
             assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() < deadline, "cancelled streams never freed their slots"
             time.sleep(0.1)
+
+
+def test_allow_flags_replace_the_default():
+    with start_agent(["--allow", "127.0.0.1:8123", "--allow", "192.0.2.0/28",
+                      "--dead-man", "60s"]) as agent:
+        stub = agent.stub()
+        node = stub.Describe(agent_pb2.DescribeRequest(), timeout=10)
+        assert list(node.allowlist) == ["127.0.0.1:8123", "192.0.2.0/28"]
+        for url in ("http://127.0.0.1:8124/", "http://[::1]:8123/", "http://192.0.2.99/"):
+            error = _refusal(agent, "denied", run_spec(url, 10, 1.0))
+            assert error.code() is grpc.StatusCode.PERMISSION_DENIED, url
+        for run_id, url in (("port", "http://127.0.0.1:8123/"), ("cidr", "http://192.0.2.3/")):
+            # prepared, never started: nothing is sent anywhere
+            assert _prepare(agent, run_id, run_spec(url, 10, 1.0)).shard_requests == 10
+            stub.Stop(agent_pb2.StopRequest(run_id=run_id), timeout=30)
+
+
+def test_malformed_allow_flag_refuses_to_start():
+    result = _agent_exit(["--allow", "10.0.0.0/8:http"])
+    assert result.returncode == ConfigError.exit_code and "allowlist entry" in result.stderr
