@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "loadgate.controller.demo",
     "plan": "loadgate.controller.plan_cli",
     "gate": "loadgate.controller.gate_cli",
+    "report": "loadgate.controller.report_html_cli",
     "approve": "loadgate.controller.approval_cli",
     "abort": "loadgate.controller.approval_cli",
     "controller": "loadgate.controller.service_cli",
