@@ -13,6 +13,7 @@ The journal is the source of truth; every other file can be rebuilt from it (``-
 does so before carrying on).
 """
 import json
+import math
 import os
 import re
 
@@ -20,6 +21,7 @@ from google.protobuf import json_format
 
 from loadgate.controller.merge import Metric
 from loadgate.controller.run_journal import RunJournal
+from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native.errors import InfrastructureError
 from loadgate.native.hlog import HlogWriter
 
@@ -31,6 +33,13 @@ SUMMARY_TEXT = "summary.txt"
 HLOG_DIR = "hlog"
 AGENT_LOG_DIR = "agents"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# What one interval costs on disk, generously: a journaled report (base64) per agent and
+# target, its telemetry, and the merged hlog lines per target.  A run refused on a nearly
+# full disk is better than one that dies in the middle with its load already sent.
+BYTES_PER_AGENT_INTERVAL = 2048
+BYTES_PER_REPORT_TARGET = 2048
+BYTES_PER_HLOG_INTERVAL = 2048
+BYTES_FIXED = 256 << 10
 
 
 def hlog_name(target, metric):
@@ -64,7 +73,29 @@ class RunDir:
         return os.path.join(self.path, AGENT_LOG_DIR, f"agent-{index}.log")
 
     def write_run(self, description):
+        """Writes run.json, once the file system is known to have room for the whole run
+        (the runner calls this before any agent prepares)."""
+        definition = RunDefinition.from_dict(description["definition"])
+        self.check_space(
+            math.ceil((definition.duration_s + definition.timeout_s) / definition.interval_s) + 2,
+            len(description["agents"]), len(definition.targets))
         _write_atomically(self.file(RUN_FILE), json.dumps(description, indent=2) + "\n")
+
+    def check_space(self, intervals, agents, targets):
+        """InfrastructureError unless the file system has room for a run of ``intervals``
+        intervals from ``agents`` agents over ``targets`` targets."""
+        needed = BYTES_FIXED + intervals * (
+            agents * (BYTES_PER_AGENT_INTERVAL + targets * BYTES_PER_REPORT_TARGET)
+            + targets * BYTES_PER_HLOG_INTERVAL)
+        try:
+            stat = os.statvfs(self.path)
+        except OSError as exc:
+            raise InfrastructureError(f"cannot check the space in {self.path}: {exc}") from None
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise InfrastructureError(
+                f"not enough space in {self.path}: {free} bytes free, the run needs about "
+                f"{needed} ({intervals} intervals from {agents} agent(s))")
 
     def read_run(self):
         try:
@@ -117,8 +148,11 @@ class RunDir:
 
 def _write_atomically(path, text):
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InfrastructureError(f"cannot write {path}: {exc}") from None
