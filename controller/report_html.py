@@ -33,10 +33,9 @@ def render_report_html(run_dir, load_dir=None):
     verdict = data.verdict or {}
     name = (verdict.get("deployment") or {}).get("id") or data.run_id or \
         os.path.basename(data.path)
-    readiness = bool(data.transitions or data.verdict)
-    kind = "Deployment readiness report" if readiness else "Load run report"
+    kind = "Deployment readiness report" if data.readiness else "Load run report"
     body = [_header(data, f"{kind}: {name}"), _missing(data)]
-    if readiness:
+    if data.readiness:
         body += [_verdict(data), _gates(data), _stages(data),
                  _section("timeline", "Timeline", charts.stage_timeline())]
     body += [_section("latency", "Latency", charts.spectrum() + _latency_table(data)

@@ -15,6 +15,7 @@ from loadgate.controller import journal as readiness_journal
 from loadgate.controller import run_journal
 from loadgate.controller.merge import OUTCOME_OF_WIRE, Metric
 from loadgate.controller.rundir import HLOG_DIR, JOURNAL, SUMMARY_JSON, TELEMETRY, hlog_name
+from loadgate.controller.verdict import SCHEMA_VERSION as VERDICT_SCHEMA
 from loadgate.native.errors import LoadgateError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.outcomes import Outcome
@@ -61,6 +62,7 @@ class Window:
 @dataclass
 class RunData:
     path: str
+    readiness: bool = False  # a readiness journal or verdict.json is there, readable or not
     load_path: str = None
     summary: dict = None
     verdict: dict = None
@@ -91,8 +93,9 @@ def load_run(run_dir, load_dir=None):
     path = os.path.abspath(os.fspath(run_dir))
     data = RunData(path)
     kinds = _journal_kinds(os.path.join(path, JOURNAL), data)
-    readiness = bool(kinds & _READINESS_KINDS) or os.path.exists(os.path.join(path, VERDICT_JSON))
-    if readiness:
+    data.readiness = bool(kinds & _READINESS_KINDS) or \
+        os.path.exists(os.path.join(path, VERDICT_JSON))
+    if data.readiness:
         _read_readiness(data)
     if load_dir is not None:
         data.load_path = os.path.abspath(os.fspath(load_dir))
@@ -105,7 +108,7 @@ def load_run(run_dir, load_dir=None):
                             "no latency, throughput, error or telemetry charts")
     else:
         _read_load(data)
-    if not readiness:
+    if not data.readiness:
         data.missing.append("no readiness journal or verdict.json: a plain load run has no "
                             "verdict, gates or stage timeline")
     return data
@@ -129,19 +132,31 @@ def _journal_kinds(path, data):
 
 
 def _read_json(path, data, what):
+    """The JSON object in path, or None with the reason added to ``missing``."""
+    name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            value = json.load(handle)
     except FileNotFoundError:
-        data.missing.append(f"no {os.path.basename(path)}: {what}")
+        data.missing.append(f"no {name}: {what}")
+        return None
     except (OSError, ValueError) as exc:
-        data.missing.append(f"{os.path.basename(path)} is unreadable ({exc}): {what}")
-    return None
+        data.missing.append(f"{name} is unreadable ({exc}): {what}")
+        return None
+    if not isinstance(value, dict):
+        data.missing.append(f"{name} does not hold a JSON object: {what}")
+        return None
+    return value
 
 
 def _read_readiness(data):
     data.verdict = _read_json(os.path.join(data.path, VERDICT_JSON), data,
                               "the run has no verdict yet (still running, or it was killed)")
+    if data.verdict is not None and data.verdict.get("schema_version") != VERDICT_SCHEMA:
+        data.missing.append(f"{VERDICT_JSON} has schema_version "
+                            f"{data.verdict.get('schema_version')!r}, not {VERDICT_SCHEMA}: "
+                            "its verdict and gates are not shown")
+        data.verdict = None
     try:
         records = list(readiness_journal.read_journal(os.path.join(data.path, JOURNAL)))
     except LoadgateError as exc:

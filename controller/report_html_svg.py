@@ -229,7 +229,8 @@ def _path(chart, series, px, py):
     return (f'<path class="series" data-series="{escape(series.name)}" data-points="{count}" '
             f'clip-path="url(#{chart.key}-clip)" d="{" ".join(commands)}" fill="none" '
             f'stroke="{series.colour}" stroke-width="{series.width}"{dash} '
-            f'stroke-linejoin="round" stroke-linecap="round"><title>{escape(series.name)}</title></path>')
+            f'stroke-linejoin="round" stroke-linecap="round">'
+            f'<title>{escape(series.name)}</title></path>')
 
 
 def legend(chart):

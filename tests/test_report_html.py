@@ -304,6 +304,32 @@ def test_rolled_back_canary_shows_the_failure(rolled_back_dir):
     assert "(rolled back)" in page.all_text
 
 
+@pytest.mark.slow
+def test_damaged_files_are_named_not_fatal(readiness_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(readiness_dir, damaged)
+    (damaged / "verdict.json").write_text("{not json")
+    (damaged / "load" / "summary.json").write_text("[1, 2]")
+    with open(damaged / "load" / "telemetry.jsonl", "a") as handle:
+        handle.write("{torn\n")
+    hlog = damaged / "load" / "hlog" / "canary.latency.hlog"
+    lines = hlog.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    hlog.write_text("".join(lines[:middle]) + "0.0,0.5,1.0,HISTFAAAAgarbage\n"
+                    + "".join(lines[middle:]))
+    journal = damaged / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:3]) + "{damaged\n" + "".join(lines[3:]))
+    page = Page(render_report_html(damaged))
+    text = page.all_text
+    assert "verdict.json is unreadable" in text
+    assert "summary.json does not hold a JSON object" in text
+    assert "latency hlog of canary is damaged after interval" in text
+    assert "the readiness journal is damaged" in text
+    assert "Deployment readiness report" in text and "no gate results" in text
+    assert page.charts["spectrum"]["series"] and page.charts["gpu-power_milliwatts"]["series"]
+
+
 def cut_journal(path):
     """Leaves the first half of a run journal and a torn line, as a killed controller does."""
     lines = path.read_bytes().split(b"\n")
@@ -344,7 +370,8 @@ def png_pixels(path):
     stride = width * step
     rows, previous = [], bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        offset = y * (stride + 1)
+        kind, line = raw[offset], bytearray(raw[offset + 1:offset + 1 + stride])
         for x in range(stride):
             left = line[x - step] if x >= step else 0
             up, corner = previous[x], previous[x - step] if x >= step else 0
