@@ -77,9 +77,10 @@ def _rotate_file(target, directory):
     return path, ("requests" if raw else "bodies")
 
 
-def engine_config(spec, schedule, scratch_dir):
+def engine_config(spec, schedule, scratch_dir=None):
     """An EngineConfig for a RunSpec whose schedule is already built; rotation items are
-    written under ``scratch_dir``, which must outlive the run."""
+    written under ``scratch_dir`` (needed only when a target has them; it must outlive the
+    run)."""
     if not spec.targets:
         raise ConfigError("a run needs at least one target")
     names = [t.name for t in spec.targets]

@@ -108,6 +108,11 @@ class AgentRun:
             log.info("run %s: stopping (%s)", self.run_id, end.name)
             self.load_run.stop()
 
+    def remove_scratch(self):
+        """Deletes the run's rotation files (once the engine has read them or never will)."""
+        if self._scratch_dir:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+
     @property
     def stoppable(self):
         """Neither finished nor already told to stop."""
@@ -159,8 +164,8 @@ class AgentRun:
             self._reports.append(report)
             if report.final:
                 self.state = RunState.FINISHED
-        if report.final and self._scratch_dir:
-            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+        if report.final:
+            self.remove_scratch()
         try:
             self._loop.call_soon_threadsafe(self._wake)
         except RuntimeError:

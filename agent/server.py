@@ -82,9 +82,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._watchdog.start()
 
     def close(self):
+        """Stops every run and removes their scratch files; the agent is going away."""
         self._stopping.set()
         for run in self.runs.values():
             run.stop(RunEnd.STOPPED)
+            run.remove_scratch()
 
     # -- the dead-man switch --------------------------------------------------------------
 
@@ -188,13 +190,17 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._check_rate(peak_rate(spec.schedule))
         workers = min(spec.workers or self.workers, self.workers)  # never more than its own
         schedule = schedule_of(spec.schedule)
-        scratch_dir = tempfile.mkdtemp(prefix="loadgate-agent-")
+        # Only rotation items need files; a run without them leaves nothing on disk.
+        scratch_dir = None
+        if any(t.request.rotate for t in spec.targets):
+            scratch_dir = tempfile.mkdtemp(prefix="loadgate-agent-")
         try:
             config = engine_config(spec, schedule, scratch_dir)
             self._check_connections(config, schedule, workers)
             load_run = LoadRun(config, workers=workers)
         except BaseException:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
+            if scratch_dir:
+                shutil.rmtree(scratch_dir, ignore_errors=True)
             raise
         dead_man_s = self.options.dead_man_s
         if spec.dead_man_s > 0:

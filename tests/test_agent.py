@@ -1,10 +1,12 @@
 """The agent end to end: real agent subprocesses running the real engine against the real
 ``loadgate target``, over real gRPC on loopback."""
 import json
+import os
 import time
 import urllib.request
 
 import grpc
+import psutil
 import pytest
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -294,3 +296,24 @@ def test_a_saturated_agent_still_answers_ping(target):
     assert reports[-1].run_end == common_pb2.RUN_END_COMPLETED
     assert any(r.health.saturated for r in reports)
     assert outcome_total(reports) == reports[-1].scheduled_total
+
+
+@pytest.mark.slow
+def test_many_runs_leak_no_descriptors_threads_or_scratch_files(target, tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # the agent's scratch space, and only its
+    with start_agent(["--workers", "1", "--dead-man", "10s"], env=env) as agent:
+        stub = agent.stub()
+        process = psutil.Process(agent.proc.pid)
+        counts = []
+        for i in range(8):
+            spec = run_spec(target + "/", 50, 0.3, interval_s=0.1)
+            spec.targets[0].request.rotate.extend([b"one", b"two"])
+            prepare_and_start(stub, f"cycle-{i}", spec, delay_s=0.0)
+            reports = stream_reports(stub, f"cycle-{i}")
+            assert reports[-1].run_end == common_pb2.RUN_END_COMPLETED
+            assert outcome_total(reports) == 15
+            counts.append((process.num_fds(), process.num_threads()))
+            assert os.listdir(tmp_path) == []
+    # after the first runs have warmed every pool, the counts stay where they are
+    assert max(c[0] for c in counts[3:]) <= counts[2][0] + 2, counts
+    assert max(c[1] for c in counts[3:]) <= counts[2][1] + 2, counts
