@@ -11,8 +11,10 @@ from loadgate.native.errors import InfrastructureError
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("report", help="write a run directory's report.html",
-                                   description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser(
+        "report", help="write a run directory's report.html",
+        description="Write RUN_DIR/report.html: one self-contained page with the verdict, "
+                    "gates, stage timeline and charts of the run (works on partial runs).")
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--load-dir", metavar="DIR",
                         help="the load run's directory (default RUN_DIR/load or RUN_DIR)")

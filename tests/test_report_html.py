@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import textwrap
 import time
 import zlib
@@ -257,6 +258,20 @@ def test_plain_load_run_without_readiness_or_gpu(load_dir):
     row = next(r for r in page.tables[-1][1:] if r[0] == "api")
     assert row[-1] == f"{100.0 * summary['targets']['api']['error_rate']:.3f} %"
     assert page.charts["throughput"]["series"]["api completed/s"] > 1
+
+
+@pytest.mark.slow
+def test_loadgate_report_command(load_dir):
+    (load_dir / "report.html").unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-m", "loadgate.controller.cli", "report",
+                             str(load_dir)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(load_dir / "report.html")
+    assert "Load run report" in (load_dir / "report.html").read_text()
+    result = subprocess.run([sys.executable, "-m", "loadgate.controller.cli", "report",
+                             str(load_dir / "absent")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 4 and "no such run directory" in result.stderr
 
 
 @pytest.mark.slow
