@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from loadgate.agent import nvml_gpm
+from loadgate.native.errors import ConfigError
 
 FAKE_ENV = "LOADGATE_FAKE_NVML"
 
@@ -38,9 +39,12 @@ def load_nvml_module():
     """
     fake = os.environ.get(FAKE_ENV)
     if fake:
-        spec = importlib.util.spec_from_file_location("loadgate_fake_nvml", fake)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec = importlib.util.spec_from_file_location("loadgate_fake_nvml", fake)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except (OSError, SyntaxError, AttributeError) as exc:
+            raise ConfigError(f"{FAKE_ENV}={fake} is not a loadable NVML fake: {exc}") from None
         return module, ""
     try:
         import pynvml

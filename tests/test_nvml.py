@@ -247,3 +247,11 @@ def test_the_fake_refuses_functions_it_does_not_implement():
 def test_fake_calls_before_init_fail_like_nvml():
     with pytest.raises(pynvml.NVMLError_Uninitialized):
         FakeNvml({"devices": [h100()]}).nvmlDeviceGetCount()
+
+
+def test_a_fake_that_cannot_be_loaded_is_a_config_error(monkeypatch, tmp_path):
+    from loadgate.native.errors import ConfigError
+
+    monkeypatch.setenv("LOADGATE_FAKE_NVML", str(tmp_path / "missing.py"))
+    with pytest.raises(ConfigError, match="not a loadable NVML fake"):
+        load_nvml_module()
