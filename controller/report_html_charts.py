@@ -198,7 +198,7 @@ class ChartBuilder:
                 lines.setdefault(key, []).append(
                     (int(record["unix_ns"]) / 1e9 - self.origin,
                      None if value is None else value * scale))
-            series = [Series(key, sorted(points, key=lambda p: p[0]),
+            series = [Series(key, thinned(points),
                              PALETTE[i % len(PALETTE)]) for i, (key, points) in
                       enumerate(lines.items())]
             if field == "memory_used_bytes":
@@ -216,7 +216,7 @@ class ChartBuilder:
                 key = f"{record.get('agent_id', '?')} GPU {gpu.get('index', 0)} total"
                 lines.setdefault(key, []).append(
                     (int(record["unix_ns"]) / 1e9 - self.origin, total * scale))
-        return [Series(key, sorted(points, key=lambda p: p[0]), PALETTE[i % len(PALETTE)],
+        return [Series(key, thinned(points), PALETTE[i % len(PALETTE)],
                        "6 4", 1.2) for i, (key, points) in enumerate(lines.items())]
 
     def host_cpu(self):
@@ -228,7 +228,7 @@ class ChartBuilder:
                     (int(record["unix_ns"]) / 1e9 - self.origin, host.get("cpu_percent", 0.0)))
         if not lines:
             return missing("no host telemetry")
-        series = [Series(f"{agent} node CPU", sorted(points, key=lambda p: p[0]),
+        series = [Series(f"{agent} node CPU", thinned(points),
                          PALETTE[(i + 3) % len(PALETTE)])
                   for i, (agent, points) in enumerate(lines.items())]
         return self._timed("host-cpu", "Load generator nodes: CPU use", "CPU (%)", series,
@@ -280,6 +280,22 @@ def format_utc(epoch):
         return "-"
     moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def thinned(points):
+    """Telemetry points in time order, averaged over runs of consecutive samples when there
+    are more than MAX_POINTS (a gauge's mean is meaningful, unlike a percentile's)."""
+    points = sorted(points, key=lambda p: p[0])
+    size = _group_size(len(points))
+    if size == 1:
+        return points
+    result = []
+    for first in range(0, len(points), size):
+        part = points[first:first + size]
+        values = [y for _, y in part if y is not None]
+        result.append((sum(x for x, _ in part) / len(part),
+                       sum(values) / len(values) if values else None))
+    return result
 
 
 def _notable(record):

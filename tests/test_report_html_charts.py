@@ -9,7 +9,7 @@ import pytest
 
 from loadgate.controller import report_html_cli
 from loadgate.controller.report_html_charts import MAX_POINTS, grouped_counts, \
-    grouped_histograms
+    grouped_histograms, thinned
 from loadgate.controller.report_html_data import IntervalCounts, TargetIntervals
 from loadgate.controller.report_html_svg import (
     Chart, Series, nice_ticks, percentile_label, percentile_x, render)
@@ -74,6 +74,15 @@ def test_counts_are_summed_when_grouped():
     assert sum(c.intended for c in grouped) == 10 * len(counts)
     assert sum(c.by_target["a"][Outcome.SERVER_5XX] for c in grouped) == len(counts) // 2
     assert grouped_counts(counts[:10]) == counts[:10]
+
+
+def test_telemetry_is_averaged_only_when_long():
+    short = [(2.0, 5.0), (1.0, None), (3.0, 7.0)]
+    assert thinned(short) == [(1.0, None), (2.0, 5.0), (3.0, 7.0)]
+    long = [(float(i), float(i % 4)) for i in range(MAX_POINTS * 4)]
+    result = thinned(long[::-1])
+    assert len(result) == MAX_POINTS
+    assert result[0] == (1.5, 1.5) and all(y == 1.5 for _, y in result)
 
 
 def test_report_command(tmp_path):
