@@ -235,10 +235,19 @@ class AgentSources:
                                 lambda index: os.path.join(run_dir, f"agent-{index}.log"),
                                 workers=self.workers_per_agent or None)
             agents = local.start()
-        source = AgentMeasurementSource(plan, agents, os.path.join(run_dir, "load"),
+        source = AgentMeasurementSource(plan, agents, _fresh(os.path.join(run_dir, "load")),
                                         workers_per_agent=self.workers_per_agent,
                                         credentials=self.credentials, metadata=self.metadata)
         return source, (local.stop if local is not None else _nothing)
+
+
+def _fresh(path):
+    # A resumed run measures anew: the load of an earlier controller keeps its directory.
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
 
 
 def _nothing():

@@ -158,26 +158,8 @@ def test_a_plan_with_hooks_is_refused_unless_the_controller_allows_them(bench, s
     assert "hooks.rollback" in caught.value.details()
 
 
-SATURATED_NODE = ", saturation: {cpu: 100%}, throughput: {min_ratio: 50%}"
-HIGH_RISK = """\
-    overrides:
-      - key: monitoring.post_deploy_window
-        reason: test bench
-      - key: canary.steps
-        reason: test bench
-      - key: canary.hold
-        reason: test bench
-      - key: gates.saturation.cpu
-        reason: targets, agent and controller share this node's two cores
-      - key: gates.throughput.min_ratio
-        reason: a 3 s window is too short to claim 95 % within counting error
-    approval:
-      approvers: [alice]
-    """
-
-
 def test_approve_unblocks_a_high_risk_run_waiting_in_ozhidaet(bench, served):
-    info = served.submit(bench.plan_text(risk="HIGH", extra=HIGH_RISK, gates=SATURATED_NODE))
+    info = served.submit(bench.high_risk_plan_text())
     request = controller_pb2.GetRunRequest(run_id=info.run_id)
     with pytest.raises(grpc.RpcError) as early:
         served.stub.Approve(controller_pb2.ApproveRequest(run_id=info.run_id, who="alice",
@@ -205,7 +187,7 @@ def test_approve_unblocks_a_high_risk_run_waiting_in_ozhidaet(bench, served):
     assert approved.run_id == info.run_id
     watching.join(RUN_TIMEOUT_S)
     # Unblocked: the canary ramp ran and was judged (its gates, not the approval, decide).
-    assert events[-1].finished.verdict in ("PASS", "FAIL")
+    assert events[-1].finished.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
     assert not events[-1].finished.waiting_for_approval
     records = journal_records(info.run_dir)
     approval = next(n for n, r in enumerate(records) if r["kind"] == "approval")

@@ -1,0 +1,120 @@
+"""`loadgate controller serve` as a real process: token authentication with open health
+probes, reflection, /metrics, a run followed by `loadgate watch`, and a run taken over by the
+next controller after SIGTERM (the journal in --runs-dir is the hand-over)."""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from loadgate.controller import cli
+from loadgate.controller.service import SERVICE_NAME
+from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
+from test_service_support import RUN_TIMEOUT_S, Bench, journal_transitions
+
+TOKEN = "s3cret-token-for-tests"
+
+
+class ControllerProcess:
+    def __init__(self, tmp_path, agent, *extra):
+        command = [sys.executable, "-m", "loadgate.controller.cli", "controller", "serve",
+                   "--listen", "127.0.0.1:0", "--runs-dir", str(tmp_path / "runs"),
+                   "--token-file", str(tmp_path / "token"), "--agents", agent, *extra]
+        log_path = tmp_path / f"controller-{len(list(tmp_path.glob('controller-*.log')))}.log"
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.line()
+        assert first.startswith("listening on "), first
+        self.address = first.split()[-1]
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = controller_pb2_grpc.ControllerStub(self.channel)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def line(self, timeout=30):
+        return self.lines.get(timeout=timeout)
+
+    def stop(self):
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+@pytest.mark.slow
+def test_serve_authenticates_resumes_after_sigterm_and_feeds_watch(tmp_path, capsys):
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    bench = Bench()
+    first = second = None
+    try:
+        first = ControllerProcess(tmp_path, bench.agent.address, "--metrics-port", "0")
+        metrics_url = first.line().split()[-1]
+        health = health_pb2_grpc.HealthStub(first.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            first.stub.ListRuns(controller_pb2.ListRunsRequest())
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        reflection = reflection_pb2_grpc.ServerReflectionStub(first.channel)
+        answer = next(reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=AUTH))
+        assert SERVICE_NAME in [s.name for s in answer.list_services_response.service]
+
+        info = first.stub.SubmitPlan(controller_pb2.SubmitPlanRequest(
+            plan_yaml=bench.plan_text(), plan_name="plan.yaml"), metadata=AUTH)
+        for event in first.stub.WatchRun(controller_pb2.WatchRunRequest(run_id=info.run_id),
+                                         metadata=AUTH, timeout=RUN_TIMEOUT_S):
+            if event.WhichOneof("event") == "interval":
+                break
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            exported = response.read().decode()
+        assert 'loadgate_stage_state{' in exported
+        # The controller goes away mid-measurement: load stops, the journal stays.
+        assert first.stop() == 0
+        before = journal_transitions(info.run_dir)
+        assert not os.path.exists(os.path.join(info.run_dir, "verdict.json"))
+
+        second = ControllerProcess(tmp_path, bench.agent.address)
+        assert second.line() == f"resumed {info.run_id}"
+        code = cli.main(["watch", second.address, info.run_id, "--token-file",
+                         str(tmp_path / "token")])
+        out = capsys.readouterr().out
+        assert code == 0 and "verdict PASS" in out
+        after = journal_transitions(info.run_dir)
+        assert after[:len(before)] == before
+        runs = second.stub.ListRuns(controller_pb2.ListRunsRequest(), metadata=AUTH).runs
+        assert [(r.run_id, r.verdict, r.finished) for r in runs] == [
+            (info.run_id, "PASS", True)]
+        assert second.stop() == 0
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.stop()
+        bench.close()
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_credentials(tmp_path, capsys):
+    code = cli.main(["controller", "serve", "--listen", "0.0.0.0:0", "--runs-dir",
+                     str(tmp_path)])
+    assert code == 3
+    assert "--token-file or --tls-dir" in capsys.readouterr().err
