@@ -120,6 +120,11 @@ def _verdict(data):
     if verdict.get("error"):
         parts.append(f'<p class="error">{escape(verdict["error"]["kind"])} error: '
                      f'{escape(verdict["error"]["message"])}</p>')
+    knee = verdict.get("knee")
+    if knee:
+        rate = f"{knee['rate']:g} req/s" if knee.get("rate") else "not found"
+        parts.append(f"<p>Knee of the throughput curve: <strong>{rate}</strong> "
+                     f"({escape(str(knee.get('reason', '')))}).</p>")
     if verdict.get("reasons"):
         parts.append("<h3>Reasons</h3><ul>" + "".join(
             f"<li>{escape(r)}</li>" for r in verdict["reasons"]) + "</ul>")

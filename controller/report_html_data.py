@@ -186,8 +186,8 @@ def _windows(records):
         if record.get("phase") == evaluation:
             began.setdefault(label, record["time"] - record.get("elapsed", 0.0))
             continue
-        if record.get("phase") in skipped:
-            continue
+        if record.get("phase") in skipped or "summary" in record:
+            continue  # the knee search's closing summary spans no window of its own
         start = began.pop(label, last_change if last_change is not None else record["time"])
         windows.append(Window(label or record.get("phase"), record.get("phase"), start,
                               record["time"], record.get("status", ""), record.get("weight")))

@@ -36,6 +36,7 @@ th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: lef
 th { background: var(--panel); font-weight: 600; }
 table.numbers td:not(:first-child), table.numbers th:not(:first-child) { text-align: right;
   font-variant-numeric: tabular-nums; }
+table.gates td:nth-child(2), table.gates td:nth-child(5) { white-space: nowrap; }
 table.gates td:nth-child(3), table.gates td:nth-child(4), table.gates td:nth-child(6) {
   text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .status { display: inline-block; min-width: 7em; text-align: center; padding: 1px 6px;

@@ -18,6 +18,7 @@ LEFT, RIGHT, TOP, BOTTOM = 78, 24, 30, 52
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
            "#e377c2", "#7f7f7f", "#bcbd22")
+TIME_TICKS = 8  # enough that the axis overshoots the run's end by at most one short step
 LABEL_CHAR_PX = 6.2  # width of a band label's character at 11px, to keep labels apart
 BAND_COLOURS = {"PASS": "#2ca02c", "FAIL": "#d62728", "INCONCLUSIVE": "#ff9f1c"}
 
@@ -125,7 +126,7 @@ def render(chart):
         low, high = chart.x_range or (min(xs, default=0.0), max(xs, default=1.0))
         low = min([low] + [b.start for b in chart.bands] + [m.x for m in chart.markers])
         high = max([high] + [b.end for b in chart.bands] + [m.x for m in chart.markers])
-        x_ticks = nice_ticks(low, high)
+        x_ticks = nice_ticks(low, high, TIME_TICKS)
     y_ticks = nice_ticks(chart.y_floor, max(ys, default=1.0) * 1.05 or 1.0, 5)
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
@@ -267,7 +268,7 @@ def timeline(key, title, rows, x_range, x_label, legend_items=()):
     span wide enough for its label carries it."""
     row_h = 26
     height = TOP + row_h * len(rows) + BOTTOM
-    x_ticks = nice_ticks(*x_range)
+    x_ticks = nice_ticks(*x_range, TIME_TICKS)
     x0, x1 = x_ticks[0], x_ticks[-1]
 
     def px(x):
