@@ -7,6 +7,7 @@ layout).  Every file is optional: a run still in progress has no summary or verd
 aborted one may have no hlog lines.  What cannot be read becomes a line in ``missing``
 rather than an exception, so the report always says what it could not show and why.
 """
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -224,7 +225,10 @@ def _read_target(load, name, data):
     result = TargetIntervals()
     path = os.path.join(load, HLOG_DIR, hlog_name(name, Metric.LATENCY))
     try:
-        for _, start, end, histogram in read_hlog(path):
+        with open(path, encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+        # A run still writing may have a torn last line: only complete lines are intervals.
+        for _, start, end, histogram in read_hlog(io.StringIO(text[:text.rfind("\n") + 1])):
             result.starts.append(start)
             result.ends.append(end)
             result.histograms.append(histogram)

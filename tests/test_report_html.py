@@ -289,6 +289,7 @@ def test_partial_run_dirs_draw_what_exists(readiness_dir, tmp_path):
     assert "Verdict: NO VERDICT" in text and "no verdict.json" in text
     assert "no summary.json" in text and "from the merged hlogs" in text
     assert "in progress (no finished record)" in text
+    assert "damaged" not in text  # torn last lines are what a running run leaves
     assert "(from the journal so far)" in text
     for key in ("timeline", "spectrum") + TIME_CHARTS:
         assert max(page.charts[key]["series"].values(), default=2) > 1, key
