@@ -53,11 +53,9 @@ class Window:
     """A judged window of the readiness run (a canary step, the performance window ...)."""
 
     label: str
-    phase: str
     start: float
     end: float
     status: str
-    weight: float = None
 
 
 @dataclass
@@ -190,8 +188,8 @@ def _windows(records):
         if record.get("phase") in skipped or "summary" in record:
             continue  # the knee search's closing summary spans no window of its own
         start = began.pop(label, last_change if last_change is not None else record["time"])
-        windows.append(Window(label or record.get("phase"), record.get("phase"), start,
-                              record["time"], record.get("status", ""), record.get("weight")))
+        windows.append(Window(label or record.get("phase"), start, record["time"],
+                              record.get("status", "")))
     return windows
 
 
