@@ -7,7 +7,9 @@ implement it with real histograms filled from chosen distributions.  The protoco
 ``describe() -> Capacity``
     What the load generators' nodes offer (from agent telemetry): CPU cores, memory, GPUs.
 ``measure_rtt() -> dict[target name, Histogram]``
-    Round-trip times (µs) to each target, e.g. TCP connect times from every agent.
+    Round-trip times (µs) to each target, e.g. TCP connect times from every agent.  Take at
+    least 100 per target: the network gate's "RTT p95" claim needs 59 samples at 95 %
+    confidence (gates.min_samples_for_percentile) and is INCONCLUSIVE below that.
 ``start_window(weights: dict[target name, float], rate: float) -> None``
     From now on, offer ``rate`` requests/s split across targets by ``weights`` (fractions
     summing to 1; a canary step of 25 % is {"baseline": 0.75, "canary": 0.25}).  A window
