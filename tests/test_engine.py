@@ -84,19 +84,21 @@ def _stall_truth_us(offsets_ns, start_mono, epoch, every_ns, for_ns):
 
 @pytest.mark.slow
 def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_them():
-    # A pool capped at 8 connections makes the generator coordinate with the stalled target:
+    # A pool capped at 6 connections makes the generator coordinate with the stalled target:
     # requests queue behind the stall and then meet a fast server, so service time looks
     # fine.  Latency, counted from each request's intended instant, must still see the stall.
-    schedule = ConstantRate(100, 5.0)
-    every_ns, for_ns = 1_000_000_000, 250_000_000
-    with target("--stall-every", "1s", "--stall-for", "250ms") as url:
+    # Long stalls keep 3 % of the truth's percentiles (~25 ms) above the scheduling noise of a
+    # busy host, where the target itself may answer a few milliseconds after a stall ends.
+    schedule = ConstantRate(60, 6.0)
+    every_ns, for_ns = 2_000_000_000, 1_000_000_000
+    with target("--stall-every", "2s", "--stall-for", "1s") as url:
         epoch = target_stats(url)["epoch_monotonic_ns"]
         start_at = time.time_ns() + 1_500_000_000
         start_mono = monotonic_ns() + (start_at - time.time_ns())
-        result = run_once(config(url + "/", schedule, connections=8, max_connections=8),
+        result = run_once(config(url + "/", schedule, connections=6, max_connections=6),
                           workers=1, start_at_ns=start_at)
     total = result.totals.combined()
-    assert outcome_counts(total) == {Outcome.OK_2XX: 500}
+    assert outcome_counts(total) == {Outcome.OK_2XX: 360}
     offsets = schedule.cursor().next_batch(10_000)
     truth = _stall_truth_us(offsets, start_mono, epoch, every_ns, for_ns)
     for percentile in (90.0, 99.0, 99.9):
