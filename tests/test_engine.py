@@ -132,9 +132,11 @@ def test_weights_change_live():
         run.set_weights({"a": 0.0})
         result = run.join(timeout=30)
     assert result.scheduled == 600 == result.totals.combined().finished
-    late = [s for s in result.intervals if s.index >= 2]
-    assert late and all(s.targets["a"].sent == 0 for s in late)
-    assert sum(s.targets["b"].sent for s in late) > 0
+    sent_to_a = [s.targets["a"].sent for s in result.intervals if s.sent]
+    # from the interval where the change landed on, "a" gets nothing and "b" everything
+    switch = sent_to_a.index(0)
+    assert switch >= 1 and set(sent_to_a[switch:]) == {0}
+    assert result.totals.targets["b"].sent > result.totals.targets["a"].sent
 
 
 def test_https_with_a_self_signed_certificate(tmp_path):
@@ -246,16 +248,16 @@ def test_a_run_stopped_before_its_start_counts_every_arrival_not_sent():
 
 
 def test_a_pacing_window_batches_sends_and_responses_keep_their_arrival_time():
-    # A 2 ms window at 1000/s: sends wait for the window (two of three by 1 ms or more), and
-    # answers are collected only at the next wake-up, about 2 ms later.  They are timed by the
-    # kernel's receive timestamp, so service time stays what the server took.
+    # A 10 ms window at 1000/s: sends wait for the window, and answers are collected only at
+    # the next wake-up, up to 10 ms later (5 ms on average).  They are timed by the kernel's
+    # receive timestamp, so service time stays what the server took, far below that delay.
     with target() as url:
-        result = run_once(config(url + "/", ConstantRate(1000, 1.0), connections=4,
-                                 pacing_window_s=0.002), workers=1)
+        result = run_once(config(url + "/", ConstantRate(1000, 1.0), connections=16,
+                                 pacing_window_s=0.01), workers=1)
     total = result.totals.combined()
     assert outcome_counts(total) == {Outcome.OK_2XX: 1000}
-    assert total.schedule_lag.value_at_percentile(90.0) >= 999
-    assert total.service_time.value_at_percentile(50.0) < 500
+    assert total.schedule_lag.value_at_percentile(90.0) >= 5000
+    assert total.service_time.value_at_percentile(50.0) < 5000
 
 
 def test_responses_collected_between_sends_at_a_high_rate():
