@@ -31,7 +31,8 @@ def render_report_html(run_dir, load_dir=None):
     data = load_run(run_dir, load_dir)
     charts = ChartBuilder(data)
     verdict = data.verdict or {}
-    name = (verdict.get("deployment") or {}).get("id") or data.run_id or \
+    name = (verdict.get("deployment") or {}).get("id") or \
+        next((load.run_id for load in data.loads if load.run_id), None) or \
         os.path.basename(data.path)
     kind = "Deployment readiness report" if data.readiness else "Load run report"
     body = [_header(data, f"{kind}: {name}"), _missing(data)]
@@ -80,8 +81,6 @@ def _header(data, title):
     verdict = data.verdict or {}
     status = verdict.get("status") or "NO VERDICT"
     facts = [("run directory", data.path)]
-    if data.run_id:
-        facts.append(("load run", data.run_id))
     deployment = verdict.get("deployment") or (data.plan or {}).get("deployment") or {}
     if deployment.get("type"):
         facts.append(("deployment", " · ".join(str(deployment.get(k, "-")) for k in
@@ -94,9 +93,9 @@ def _header(data, title):
                   ("finished", format_utc(verdict.get("finished")))]
     elif data.transitions:
         facts.append(("run status", "in progress or interrupted: no verdict yet"))
-    if data.summary or data.run_status:
-        facts.append(("load run status", (data.summary or {}).get("status")
-                      or data.run_status))
+    for load in data.loads:
+        ended = (load.summary or {}).get("status") or load.status or "-"
+        facts.append(("load run", f"{load.run_id or os.path.basename(load.path)} ({ended})"))
     items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in facts)
     badge = status.lower().replace(" ", "-")
     return f'<header><h1>{escape(title)}</h1><p class="badge {badge}" role="status">' \
@@ -211,7 +210,12 @@ def _latency_table(data):
                     + (f'<span data-us="{figures["max"]}">{figures["max"] / 1000:.3f}</span>',))
     if not rows:
         return ""
-    source = "summary.json" if summary_targets else "the merged hlogs (no summary.json yet)"
+    if summary_targets:
+        source = "summary.json"
+    elif len(data.loads) > 1:
+        source = f"the hlogs of {len(data.loads)} load runs merged"
+    else:
+        source = "the merged hlogs (no summary.json yet)"
     return _table(f"Latency (ms) per target, from {source}",
                   ("target", "requests") + tuple(k.replace("_", ".") for k, _ in
                                                  PERCENTILE_COLUMNS) + ("max",), rows,
@@ -240,15 +244,19 @@ def _outcome_table(data):
 
 
 def _generator(data):
-    generator = (data.summary or {}).get("generator")
-    if not generator:
-        return ""
-    warnings = generator.get("warnings") or []
-    items = "".join(f"<li><strong>{escape(w.get('kind', ''))}</strong>: "
-                    f"{escape(w.get('message', ''))}</li>" for w in warnings)
-    body = f"<ul>{items}</ul>" if items else \
-        "<p>No generator warnings: the load generator kept its schedule.</p>"
-    return _section("generator", "Load generator health",
-                    f"<p>CPU {generator.get('cpu_seconds', 0):.1f} s; largest schedule lag "
-                    f"{generator.get('max_lag_us', 0) / 1000:.2f} ms; saturated intervals "
-                    f"{generator.get('saturated_intervals', 0)}.</p>{body}")
+    parts = []
+    for load in data.loads:
+        generator = (load.summary or {}).get("generator")
+        if not generator:
+            continue
+        warnings = generator.get("warnings") or []
+        items = "".join(f"<li><strong>{escape(w.get('kind', ''))}</strong>: "
+                        f"{escape(w.get('message', ''))}</li>" for w in warnings)
+        heading = f"<h3>{escape(load.run_id or load.path)}</h3>" if len(data.loads) > 1 \
+            else ""
+        parts.append(f"{heading}<p>CPU {generator.get('cpu_seconds', 0):.1f} s; largest "
+                     f"schedule lag {generator.get('max_lag_us', 0) / 1000:.2f} ms; saturated "
+                     f"intervals {generator.get('saturated_intervals', 0)}.</p>"
+                     + (f"<ul>{items}</ul>" if items else "<p>No generator warnings: the "
+                        "load generator kept its schedule.</p>"))
+    return _section("generator", "Load generator health", "".join(parts)) if parts else ""

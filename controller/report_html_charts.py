@@ -186,7 +186,7 @@ class ChartBuilder:
             reasons = sorted({r.get("gpu_unavailable_reason") for r in self.data.telemetry
                               if r.get("gpu_unavailable_reason")})
             reason = "; ".join(reasons) or ("the agents sent no telemetry"
-                                            if self.data.load_path else "no load run")
+                                            if self.data.loads else "no load run")
             return missing(f"no GPU telemetry: {reason}")
         html = []
         for field, title, y_label, scale in GPU_FIGURES:

@@ -59,22 +59,35 @@ class Window:
 
 
 @dataclass
+class LoadRun:
+    """One load run directory: a readiness run resumed by another controller has several."""
+
+    path: str
+    run_id: str = None
+    summary: dict = None
+    status: str = None  # how it ended ("in progress" without a FINISHED record)
+    interval_s: float = None
+
+
+@dataclass
 class RunData:
     path: str
     readiness: bool = False  # a readiness journal or verdict.json is there, readable or not
-    load_path: str = None
-    summary: dict = None
+    loads: list = field(default_factory=list)  # LoadRun, oldest first
     verdict: dict = None
     plan: dict = None
     transitions: list = field(default_factory=list)
     windows: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)  # name -> TargetIntervals
-    counts: list = field(default_factory=list)  # IntervalCounts by interval index
-    interval_s: float = None
+    counts: list = field(default_factory=list)  # IntervalCounts in time order
     telemetry: list = field(default_factory=list)  # telemetry.jsonl records
-    run_id: str = None
-    run_status: str = None  # how the load run ended ("in progress" without a FINISHED record)
     missing: list = field(default_factory=list)  # what could not be shown, and why
+
+    @property
+    def summary(self):
+        """summary.json when one load run holds the whole run (else totals come from the
+        merged hlogs of every load run)."""
+        return self.loads[0].summary if len(self.loads) == 1 else None
 
     @property
     def origin(self):
@@ -97,20 +110,35 @@ def load_run(run_dir, load_dir=None):
     if data.readiness:
         _read_readiness(data)
     if load_dir is not None:
-        data.load_path = os.path.abspath(os.fspath(load_dir))
+        paths = [os.path.abspath(os.fspath(load_dir))]
     elif kinds & _RUN_KINDS or os.path.isdir(os.path.join(path, HLOG_DIR)):
-        data.load_path = path
-    elif os.path.isdir(os.path.join(path, LOAD_SUBDIR)):
-        data.load_path = os.path.join(path, LOAD_SUBDIR)
-    if data.load_path is None:
+        paths = [path]
+    else:
+        paths = _load_subdirs(path)
+    if not paths:
         data.missing.append("no load run in this directory (no hlog/ and no load/): "
                             "no latency, throughput, error or telemetry charts")
-    else:
-        _read_load(data)
+    for load in paths:
+        _read_load(data, LoadRun(load), len(paths) > 1)
     if not data.readiness:
         data.missing.append("no readiness journal or verdict.json: a plain load run has no "
                             "verdict, gates or stage timeline")
     return data
+
+
+def _load_subdirs(path):
+    """load/, load-2/, load-3/ ...: each controller that resumed the run measured anew."""
+    found = []
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return found
+    for name in names:
+        head, _, number = name.partition("-")
+        if head == LOAD_SUBDIR and (not number or number.isdigit()) and \
+                os.path.isdir(os.path.join(path, name)):
+            found.append((int(number or 1), os.path.join(path, name)))
+    return [p for _, p in sorted(found)]
 
 
 def _journal_kinds(path, data):
@@ -130,9 +158,9 @@ def _journal_kinds(path, data):
     return kinds
 
 
-def _read_json(path, data, what):
+def _read_json(path, data, what, where=""):
     """The JSON object in path, or None with the reason added to ``missing``."""
-    name = os.path.basename(path)
+    name = where + os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as handle:
             value = json.load(handle)
@@ -193,56 +221,62 @@ def _windows(records):
     return windows
 
 
-def _read_load(data):
-    load = data.load_path
-    data.summary = _read_json(os.path.join(load, SUMMARY_JSON), data,
+def _read_load(data, load, several):
+    where = f"{os.path.basename(load.path)}/" if several else ""
+    data.loads.append(load)
+    load.summary = _read_json(os.path.join(load.path, SUMMARY_JSON), data,
                               "the load run has not finished (no totals; figures below come "
-                              "from the intervals merged so far)")
-    run = _read_json(os.path.join(load, "run.json"), data, "target names and the interval "
-                     "length are taken from the hlog files instead")
+                              "from the intervals merged so far)", where)
+    run = _read_json(os.path.join(load.path, "run.json"), data, "target names and the "
+                     "interval length are taken from the hlog files instead", where)
     names = [t["name"] for t in (run or {}).get("definition", {}).get("targets", ())]
     if run:
-        data.run_id = run.get("run_id")
-        data.interval_s = run.get("definition", {}).get("interval_s")
-    if not names and data.summary:
-        names = list(data.summary.get("targets", {}))
+        load.run_id = run.get("run_id")
+        load.interval_s = run.get("definition", {}).get("interval_s")
+    if not names and load.summary:
+        names = list(load.summary.get("targets", {}))
     if not names:
         suffix = f".{Metric.LATENCY.value}.hlog"
         try:
-            names = sorted(n[:-len(suffix)] for n in os.listdir(os.path.join(load, HLOG_DIR))
+            names = sorted(n[:-len(suffix)] for n in os.listdir(os.path.join(load.path,
+                                                                                HLOG_DIR))
                            if n.endswith(suffix))
         except OSError:
             names = []
-    for name in names:
-        data.targets[name] = _read_target(load, name, data)
-    _read_counts(data)
-    _read_telemetry(data)
+    firsts = [_read_target(load.path, name, data.targets.setdefault(name, TargetIntervals()),
+                           data, where) for name in names]
+    _read_counts(data, load, min(filter(None, firsts), default=0.0), where)
+    _read_telemetry(data, load.path, where)
 
 
-def _read_target(load, name, data):
-    result = TargetIntervals()
+def _read_target(load, name, result, data, where):
+    """Appends the target's intervals in ``load`` to ``result``; returns the first one's
+    start (None if none)."""
     path = os.path.join(load, HLOG_DIR, hlog_name(name, Metric.LATENCY))
+    read, first = 0, None
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
             text = handle.read()
         # A run still writing may have a torn last line: only complete lines are intervals.
         for _, start, end, histogram in read_hlog(io.StringIO(text[:text.rfind("\n") + 1])):
+            first = start if first is None else first
             result.starts.append(start)
             result.ends.append(end)
             result.histograms.append(histogram)
             result.total = histogram.copy() if result.total is None \
                 else result.total.add(histogram)
+            read += 1
     except FileNotFoundError:
-        data.missing.append(f"no latency hlog for target {name}")
+        data.missing.append(f"{where}no latency hlog for target {name}")
     except (OSError, LoadgateError) as exc:
-        data.missing.append(f"latency hlog of {name} is damaged after interval "
-                            f"{len(result.starts)}: {exc}")
-    return result
+        data.missing.append(f"{where}latency hlog of {name} is damaged after interval "
+                            f"{read}: {exc}")
+    return first
 
 
-def _read_counts(data):
+def _read_counts(data, load, first_hlog_start, where):
     """Outcome counts per interval from the accepted reports the run journal holds."""
-    path = os.path.join(data.load_path, JOURNAL)
+    path = os.path.join(load.path, JOURNAL)
     start_ns = None
     by_index = {}
     try:
@@ -250,26 +284,25 @@ def _read_counts(data):
             if kind is run_journal.RecordKind.STARTED:
                 start_ns = record["start_ns"]
             elif kind is run_journal.RecordKind.FINISHED:
-                data.run_status = record.get("status")
+                load.status = record.get("status")
             elif kind is run_journal.RecordKind.REPORT:
                 _count_report(by_index, run_journal.report_payload(record))
     except FileNotFoundError:
-        data.missing.append("no run journal: no throughput or error counts over time")
+        data.missing.append(f"{where}no run journal: no throughput or error counts over time")
         return
     except (OSError, LoadgateError, ValueError, KeyError) as exc:
-        data.missing.append(f"the run journal is damaged ({exc}); counts stop there")
-    if data.run_status is None:
-        data.run_status = "in progress (no finished record)"
+        data.missing.append(f"{where}the run journal is damaged ({exc}); counts stop there")
+    if load.status is None:
+        load.status = "in progress (no finished record)"
     if not by_index:
         return
-    interval = data.interval_s or 1.0
+    interval = load.interval_s or 1.0
     if start_ns is not None:
         origin = start_ns / 1e9
     else:
-        firsts = [t.starts[0] for t in data.targets.values() if t.starts]
-        origin = min(firsts) if firsts else 0.0
-        data.missing.append("the run journal has no start record: intervals are placed "
-                            "from the first hlog interval")
+        origin = first_hlog_start
+        data.missing.append(f"{where}the run journal has no start record: intervals are "
+                            "placed from the first hlog interval")
     for index in range(max(by_index) + 1):
         counts = by_index.get(index) or IntervalCounts(0.0, 0.0)
         counts.start, counts.end = origin + index * interval, origin + (index + 1) * interval
@@ -288,8 +321,8 @@ def _count_report(by_index, payload):
                 outcomes[outcome] = outcomes.get(outcome, 0) + item.count
 
 
-def _read_telemetry(data):
-    path = os.path.join(data.load_path, TELEMETRY)
+def _read_telemetry(data, load, where):
+    path = os.path.join(load, TELEMETRY)
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -298,9 +331,9 @@ def _read_telemetry(data):
                 except ValueError:
                     continue  # a torn last line of a run still writing
     except FileNotFoundError:
-        data.missing.append("no telemetry.jsonl: no host or GPU telemetry")
+        data.missing.append(f"{where}no telemetry.jsonl: no host or GPU telemetry")
     except OSError as exc:
-        data.missing.append(f"telemetry.jsonl is unreadable: {exc.strerror}")
+        data.missing.append(f"{where}telemetry.jsonl is unreadable: {exc.strerror}")
 
 
 def completed(outcomes):

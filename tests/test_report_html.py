@@ -346,6 +346,33 @@ def test_damaged_files_are_named_not_fatal(readiness_dir, tmp_path):
     assert page.charts["spectrum"]["series"] and page.charts["gpu-power_milliwatts"]["series"]
 
 
+@pytest.mark.slow
+def test_a_resumed_run_draws_every_load_dir(readiness_dir, load_dir, tmp_path):
+    """The controller service gives a resumed run a fresh load-2/ beside load/."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(readiness_dir, resumed)
+    shutil.copytree(load_dir, resumed / "load-2")
+    page = Page(render_report_html(resumed))
+    first = json_file(readiness_dir / "load" / "summary.json")
+    second = json_file(load_dir / "summary.json")
+    spectrum = page.charts["spectrum"]["series"]
+    latency = page.table("target")
+    assert latency[0][0] == "target" and "the hlogs of 2 load runs merged" in page.all_text
+    for summary in (first, second):
+        assert summary["run_id"] in page.all_text
+        for name, figures in summary["targets"].items():
+            count = figures["latency_us"]["count"]
+            assert f"{name} ({count:,} requests)" in spectrum
+            row = next(r for r in latency if r[0] == name)
+            assert [int(cell.split(";")[0][3:]) for cell in row[2:]] == \
+                [figures["latency_us"][k] for k in ("p50", "p90", "p95", "p99", "p99_9",
+                                                    "max")]
+    outcomes = {r[0]: r for r in page.tables[-1][1:]}
+    header = page.tables[-1][0]
+    assert int(outcomes["api"][header.index("5xx")].replace(",", "")) == \
+        second["targets"]["api"]["requests"]["5xx"]
+
+
 def cut_journal(path):
     """Leaves the first half of a run journal and a torn line, as a killed controller does."""
     lines = path.read_bytes().split(b"\n")
