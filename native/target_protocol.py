@@ -26,7 +26,7 @@ _MALFORMED = b"HTTP/1.1 2x0 NOT-HTTP\r\nContent-Length: banana\r\n\r\n"
 _RESET_LINGER = struct.pack("ii", 1, 0)
 
 
-class Outcome(enum.Enum):
+class TargetOutcome(enum.Enum):
     """What the target did with a request (the keys of TargetStats.outcomes)."""
 
     OK = "ok"
@@ -60,7 +60,7 @@ class TargetStats:
         return json.dumps({
             "worker": self.worker_index, "pid": os.getpid(), "requests": self.requests,
             "connections": self.connections,
-            "outcomes": {o.value: self.outcomes[o] for o in Outcome},
+            "outcomes": {o.value: self.outcomes[o] for o in TargetOutcome},
             "epoch_monotonic_ns": self.config.epoch_monotonic_ns,
         }).encode()
 
@@ -168,7 +168,7 @@ class TargetProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._answer_now(http_response(400, b"upgrade not supported\n", close=True), True)
         except httptools.HttpParserError:
-            self.stats.outcomes[Outcome.BAD_REQUEST] += 1
+            self.stats.outcomes[TargetOutcome.BAD_REQUEST] += 1
             self._answer_now(http_response(400, b"bad request\n", close=True), True)
 
     def on_message_begin(self):
@@ -200,30 +200,30 @@ class TargetProtocol(asyncio.Protocol):
                 break
         draw = self.rng.random() if route.error_below else 1.0
         if draw < route.reset_below:
-            self.stats.outcomes[Outcome.RESET] += 1
+            self.stats.outcomes[TargetOutcome.RESET] += 1
             self._reset()
             return
         if draw < route.hang_below:
-            self.stats.outcomes[Outcome.HANG] += 1
+            self.stats.outcomes[TargetOutcome.HANG] += 1
             self.queue.append(_Slot())
             return
         now = time.monotonic()
         delay = route.delay(now, self.epoch)
         if draw < route.malformed_below:
-            self.stats.outcomes[Outcome.MALFORMED] += 1
+            self.stats.outcomes[TargetOutcome.MALFORMED] += 1
             self._answer_later(delay, _MALFORMED, True)
         elif draw < route.error_below:
-            self.stats.outcomes[Outcome.ERROR] += 1
+            self.stats.outcomes[TargetOutcome.ERROR] += 1
             self._answer_later(delay, route.error if keep_alive else route.error_close,
                                not keep_alive)
         elif path in LLM_PATHS and self.parser.get_method() == b"POST":
-            self.stats.outcomes[Outcome.LLM] += 1
+            self.stats.outcomes[TargetOutcome.LLM] += 1
             slot = _Slot()
             slot.close = not keep_alive
             self.queue.append(slot)
             llm_response(self, slot, path, b"".join(self.body), delay, self.config.llm)
         else:
-            self.stats.outcomes[Outcome.OK] += 1
+            self.stats.outcomes[TargetOutcome.OK] += 1
             self._answer_later(delay, route.ok if keep_alive else route.ok_close, not keep_alive)
 
     def _answer_now(self, data, close):

@@ -338,7 +338,7 @@ def test_open_target_serves_inside_a_running_loop():
     import uvloop
 
     from loadgate.native.target import open_target
-    from loadgate.native.target_protocol import Outcome
+    from loadgate.native.target_protocol import TargetOutcome
 
     async def main():
         config = TargetConfig(behaviour=Behaviour(latency=LatencySpec.parse("20ms")))
@@ -355,7 +355,7 @@ def test_open_target_serves_inside_a_running_loop():
 
     head, took, counters = uvloop.run(main())
     assert head.startswith(b"HTTP/1.1 200 OK") and took >= 0.019
-    assert counters.outcomes[Outcome.OK] == 1 and counters.requests == 1
+    assert counters.outcomes[TargetOutcome.OK] == 1 and counters.requests == 1
 
 
 def test_workers_die_with_a_killed_parent():
