@@ -45,6 +45,7 @@ def render_report_html(run_dir, load_dir=None):
                       + charts.errors() + _outcome_table(data)),
              _section("telemetry", "GPU and node telemetry", charts.gpu() + charts.host_cpu()),
              _generator(data)]
+    body.insert(1, _contents(body))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(kind)}: {escape(name)}</title><style>{CSS}</style></head>"
@@ -75,6 +76,17 @@ def _table(caption, headers, rows, css=""):
                     for row in rows)
     return f'<table class="{css}"><caption>{escape(caption)}</caption><thead><tr>{head}' \
            f'</tr></thead><tbody>{lines}</tbody></table>'
+
+
+def _contents(parts):
+    """In-page links to every section drawn (the page's only links)."""
+    links = []
+    for part in parts:
+        if part.startswith("<section id="):
+            key = part.split('"', 2)[1]
+            title = part.split(f'<h2 id="{key}-h">', 1)[1].split("</h2>", 1)[0]
+            links.append(f'<li><a href="#{key}">{title}</a></li>')
+    return f'<nav aria-label="sections"><ul>{"".join(links)}</ul></nav>'
 
 
 def _header(data, title):

@@ -22,6 +22,10 @@ header h1 { grid-column: 1; }
   gap: 2px 14px; margin: 0; }
 .facts dt { color: var(--muted); }
 .facts dd { margin: 0; overflow-wrap: anywhere; }
+nav ul { list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; padding: 8px 0;
+  margin: 14px 0 0; border-top: 1px solid var(--line); border-bottom: 1px solid var(--line); }
+nav a { color: #1f5fa8; text-decoration: none; }
+nav a:hover { text-decoration: underline; }
 .missing-list { margin: 18px 0; padding: 8px 16px; background: #fff8e6;
   border-left: 4px solid var(--unsure); }
 .missing-list h2 { font-size: 15px; margin: 4px 0; border: 0; }

@@ -235,7 +235,10 @@ def test_readiness_report_draws_every_chart_from_the_run(readiness_dir):
 def test_report_is_self_contained(readiness_dir):
     page = Page(render_report_html(readiness_dir))
     assert not [t for t, _ in page.tags if t in ("script", "link", "img", "iframe", "object")]
-    assert not [(t, a) for t, a in page.tags if "src" in a or "href" in a]
+    assert not [(t, a) for t, a in page.tags if "src" in a]
+    links = [a["href"] for t, a in page.tags if "href" in a]
+    ids = {a["id"] for t, a in page.tags if "id" in a}
+    assert links and all(link[0] == "#" and link[1:] in ids for link in links)
     assert all(a.get("role") == "img" and a.get("aria-labelledby")
                for t, a in page.tags if t == "svg" and "data-chart" in a)
     assert all(key in page.all_text for key in ("latency (ms)", "requests per second",
