@@ -42,7 +42,10 @@ class RunJournal:
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            # A torn last line (a crash mid-write) is cut off, or the next record would be
+            # glued onto it and the journal would no longer read.
+            _cut_torn_tail(self._fd)
         except OSError as exc:
             raise InfrastructureError(f"cannot open journal {self.path}: {exc}") from None
 
@@ -66,6 +69,22 @@ class RunJournal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _cut_torn_tail(fd):
+    """Truncates ``fd`` after its last newline; only RunJournal's constructor calls this."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
 
 
 def _line(kind, now, fields):
