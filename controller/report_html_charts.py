@@ -5,10 +5,10 @@ axes count seconds from ``RunData.origin`` and share one range, so the readiness
 latency, throughput, errors and telemetry line up when read top to bottom.
 """
 import datetime
-import math
 from html import escape
 
-from loadgate.controller.report_html_data import IntervalCounts, completed
+from loadgate.controller.report_html_data import (
+    TIME_PERCENTILES, IntervalCounts, completed, group_size)
 from loadgate.controller.report_html_svg import (
     BAND_COLOURS, PALETTE, Band, Chart, Marker, Series, Span, XAxis, percentile_x, render,
     timeline)
@@ -18,8 +18,7 @@ from loadgate.native.outcomes import ERRORS, Outcome
 TIME_LABEL = "time since the run began (s)"
 SPECTRUM_DECADES_MAX = 6  # 99.9999 %: beyond it no run here has the samples to say more
 SPECTRUM_STEPS_PER_DECADE = 20
-MAX_POINTS = 600  # per line over time: about one per two pixels of the plot
-OVER_TIME = ((50.0, "p50", "2 3", 1.5), (90.0, "p90", "6 3", 1.8), (99.0, "p99", "", 2.2))
+LINE_STYLES = (("2 3", 1.5), ("6 3", 1.8), ("", 2.2))  # dash and width per TIME_PERCENTILES
 ERROR_OUTCOMES = ERRORS + (Outcome.TIMEOUT,)
 STATE_COLOURS = {"SV": "#3a9d4f", "NSV": "#4f86c6", State.ZABLOKIROVANO: "#c0392b",
                  State.OZHIDAET: "#b0b0b0", State.OTKAT: "#ff7f0e", State.AVARIYA: "#7b0000"}
@@ -66,7 +65,7 @@ class ChartBuilder:
     def _x_range(self):
         if self.origin is None:
             return None
-        ends = [t.ends[-1] for t in self.data.targets.values() if t.ends]
+        ends = [t.points[-1].end for t in self.data.targets.values() if t.points]
         ends += [c.end for c in self.data.counts[-1:]]
         ends += [r["time"] for r in self.data.transitions[-1:]]
         ends += [w.end for w in self.data.windows]
@@ -126,13 +125,13 @@ class ChartBuilder:
     def latency_over_time(self):
         series = []
         for name, intervals in self.data.targets.items():
-            grouped = list(grouped_histograms(intervals))
-            for percent, label, dash, width in OVER_TIME:
-                points = [((start + end) / 2 - self.origin,
-                           h.value_at_percentile(percent) / 1000.0 if h.total_count else None)
-                          for start, end, h in grouped]
-                series.append(Series(f"{name} {label}", points, self.colours[name], dash,
-                                     width))
+            for number, (percent, (dash, width)) in enumerate(zip(TIME_PERCENTILES,
+                                                                  LINE_STYLES)):
+                points = [((p.start + p.end) / 2 - self.origin,
+                           p.values[number] / 1000.0 if p.count else None)
+                          for p in intervals.points]
+                series.append(Series(f"{name} p{percent:g}", points, self.colours[name],
+                                     dash, width))
         if not any(p[1] is not None for s in series for p in s.points):
             return missing("no latency over time: the hlogs hold no interval with a sample")
         return self._timed("latency", "Latency percentiles per interval", "latency (ms)",
@@ -236,28 +235,9 @@ class ChartBuilder:
                            "measures itself as much as the target.")
 
 
-def _group_size(count):
-    return max(1, math.ceil(count / MAX_POINTS))
-
-
-def grouped_histograms(intervals):
-    """(start, end, Histogram) per point: consecutive intervals added together when a run
-    has more than MAX_POINTS of them, so a percentile is read from the exact histogram of
-    the longer span, never averaged."""
-    size = _group_size(len(intervals.histograms))
-    for first in range(0, len(intervals.histograms), size):
-        last = min(first + size, len(intervals.histograms)) - 1
-        histogram = intervals.histograms[first]
-        if last > first:
-            histogram = histogram.copy()
-            for other in intervals.histograms[first + 1:last + 1]:
-                histogram.add(other)
-        yield intervals.starts[first], intervals.ends[last], histogram
-
-
 def grouped_counts(counts):
-    """IntervalCounts summed over consecutive intervals, at most MAX_POINTS of them."""
-    size = _group_size(len(counts))
+    """IntervalCounts summed over consecutive intervals, at most report_html_data.MAX_POINTS of them."""
+    size = group_size(len(counts))
     if size == 1:
         return counts
     grouped = []
@@ -284,9 +264,9 @@ def format_utc(epoch):
 
 def thinned(points):
     """Telemetry points in time order, averaged over runs of consecutive samples when there
-    are more than MAX_POINTS (a gauge's mean is meaningful, unlike a percentile's)."""
+    are more than report_html_data.MAX_POINTS (a gauge's mean is meaningful, unlike a percentile's)."""
     points = sorted(points, key=lambda p: p[0])
-    size = _group_size(len(points))
+    size = group_size(len(points))
     if size == 1:
         return points
     result = []

@@ -9,6 +9,7 @@ rather than an exception, so the report always says what it could not show and w
 """
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -23,18 +24,31 @@ from loadgate.native.outcomes import Outcome
 from loadgate.proto.loadgate.v1 import common_pb2
 
 LOAD_SUBDIR = "load"
+MAX_POINTS = 600  # per line over time: about one per two pixels of a chart
+TIME_PERCENTILES = (50.0, 90.0, 99.0)
 VERDICT_JSON = "verdict.json"
 _READINESS_KINDS = frozenset(kind.value for kind in readiness_journal.RecordKind)
 _RUN_KINDS = frozenset(kind.value for kind in run_journal.RecordKind)
 
 
 @dataclass
-class TargetIntervals:
-    """One target's merged intervals from its latency hlog, in time order."""
+class LatencyPoint:
+    """One point of latency over time: an interval, or consecutive intervals added together."""
 
-    starts: list = field(default_factory=list)  # epoch seconds
-    ends: list = field(default_factory=list)
-    histograms: list = field(default_factory=list)  # Histogram per interval (µs)
+    start: float  # epoch seconds
+    end: float
+    count: int
+    values: tuple  # µs at TIME_PERCENTILES; empty when count is 0
+
+
+@dataclass
+class TargetIntervals:
+    """One target's latency from its hlogs: points over time and the merged histogram.
+
+    Interval histograms are not kept (an hour at 0.5 s holds 7200 of them, ~180 kB each):
+    each is read, added to its point's and the total histogram, and let go."""
+
+    points: list = field(default_factory=list)  # LatencyPoint in time order
     total: object = None  # every interval added: the run's merged latency histogram
 
 
@@ -92,7 +106,7 @@ class RunData:
     @property
     def origin(self):
         """The instant every time axis counts from (epoch seconds), or None with no times."""
-        candidates = [t.starts[0] for t in self.targets.values() if t.starts]
+        candidates = [t.points[0].start for t in self.targets.values() if t.points]
         candidates += [c.start for c in self.counts[:1]]
         candidates += [r["time"] for r in self.transitions[:1]]
         candidates += [int(r["unix_ns"]) / 1e9 for r in self.telemetry[:1] if "unix_ns" in r]
@@ -249,29 +263,49 @@ def _read_load(data, load, several):
     _read_telemetry(data, load.path, where)
 
 
+def group_size(count):
+    """How many consecutive intervals one point over time adds up for ``count`` of them."""
+    return max(1, math.ceil(count / MAX_POINTS))
+
+
 def _read_target(load, name, result, data, where):
-    """Appends the target's intervals in ``load`` to ``result``; returns the first one's
-    start (None if none)."""
+    """Adds the target's intervals in ``load`` to ``result``; returns the first one's start
+    (None if none).  Long logs are grouped: a point's percentiles are read from the exact
+    sum of its intervals' histograms, never averaged."""
     path = os.path.join(load, HLOG_DIR, hlog_name(name, Metric.LATENCY))
-    read, first = 0, None
+    read, first, group, group_start, last_end = 0, None, None, None, None
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
             text = handle.read()
         # A run still writing may have a torn last line: only complete lines are intervals.
-        for _, start, end, histogram in read_hlog(io.StringIO(text[:text.rfind("\n") + 1])):
+        text = text[:text.rfind("\n") + 1]
+        size = group_size(sum(1 for line in text.splitlines() if line[:1] not in ("", "#", '"')))
+        for _, start, end, histogram in read_hlog(io.StringIO(text)):
             first = start if first is None else first
-            result.starts.append(start)
-            result.ends.append(end)
-            result.histograms.append(histogram)
             result.total = histogram.copy() if result.total is None \
                 else result.total.add(histogram)
-            read += 1
+            if group is None:
+                group, group_start = histogram, start
+            else:
+                group.add(histogram)
+            read, last_end = read + 1, end
+            if read % size == 0:
+                result.points.append(_point(group_start, end, group))
+                group = None
     except FileNotFoundError:
         data.missing.append(f"{where}no latency hlog for target {name}")
     except (OSError, LoadgateError) as exc:
         data.missing.append(f"{where}latency hlog of {name} is damaged after interval "
                             f"{read}: {exc}")
+    if group is not None:
+        result.points.append(_point(group_start, last_end, group))
     return first
+
+
+def _point(start, end, histogram):
+    count = histogram.total_count
+    return LatencyPoint(start, end, count,
+                        tuple(histogram.percentiles(TIME_PERCENTILES)) if count else ())
 
 
 def _read_counts(data, load, first_hlog_start, where):

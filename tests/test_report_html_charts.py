@@ -1,5 +1,5 @@
 """report.html's chart layer on its own: the percentile axis, ticks, paths with gaps and lone
-points, exact grouping of long runs, and the ``loadgate report`` command's parser."""
+points, exact grouping of long hlogs, and the ``loadgate report`` command's parser."""
 import argparse
 import math
 import re
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from loadgate.controller import report_html_cli
-from loadgate.controller.report_html_charts import MAX_POINTS, grouped_counts, \
-    grouped_histograms, thinned
-from loadgate.controller.report_html_data import IntervalCounts, TargetIntervals
+from loadgate.controller.report_html_charts import grouped_counts, thinned
+from loadgate.controller.report_html_data import (
+    MAX_POINTS, TIME_PERCENTILES, IntervalCounts, load_run)
 from loadgate.controller.report_html_svg import (
     Chart, Series, nice_ticks, percentile_label, percentile_x, render)
 from loadgate.native._hdr import Histogram
 from loadgate.native.errors import InfrastructureError
+from loadgate.native.hlog import HlogWriter
 from loadgate.native.outcomes import Outcome
 
 
@@ -42,28 +43,39 @@ def test_a_gap_breaks_the_line_and_a_lone_point_is_a_dot():
     assert "<title" in svg and "x (s)" in svg and "y (ms)" in svg
 
 
-def test_long_runs_are_grouped_into_exact_histograms():
+def test_long_logs_are_grouped_into_exact_histograms(tmp_path):
+    """An hlog longer than MAX_POINTS intervals: each point is read from the exact sum of
+    its intervals (checked against histograms added here), the total from all of them."""
     rng = np.random.default_rng(7)
-    intervals = TargetIntervals()
-    for index in range(MAX_POINTS * 2 + 7):
-        histogram = Histogram()
-        histogram.record_array(rng.lognormal(8, 1 + index % 3, 50).astype(np.int64) + 1)
-        intervals.starts.append(float(index))
-        intervals.ends.append(index + 1.0)
-        intervals.histograms.append(histogram)
-    grouped = list(grouped_histograms(intervals))
-    assert len(grouped) <= MAX_POINTS
-    size = math.ceil(len(intervals.histograms) / MAX_POINTS)
-    for number, (start, end, histogram) in enumerate(grouped):
-        part = intervals.histograms[number * size:(number + 1) * size]
+    written = []
+    (tmp_path / "hlog").mkdir()
+    with open(tmp_path / "hlog" / "api.latency.hlog", "w") as handle:
+        writer = HlogWriter(handle, start_time=1_700_000_000.0, base_time=1_700_000_000.0)
+        for index in range(MAX_POINTS * 2 + 7):
+            histogram = Histogram()
+            histogram.record_array(rng.lognormal(8, 1 + index % 3, 50).astype(np.int64) + 1)
+            writer.write_interval(histogram, 1_700_000_000.0 + index,
+                                  1_700_000_001.0 + index)
+            written.append(histogram)
+        handle.write("0.0,1.0,2.0,HISTF")  # a torn line: the run is still writing
+    data = load_run(tmp_path)
+    target = data.targets["api"]
+    size = math.ceil(len(written) / MAX_POINTS)
+    assert len(target.points) == math.ceil(len(written) / size) <= MAX_POINTS
+    for number, point in enumerate(target.points):
         exact = Histogram()
-        for other in part:
-            exact.add(other)
-        assert (start, end) == (number * size, number * size + len(part))
-        assert histogram == exact
-    assert sum(h.total_count for _, _, h in grouped) == \
-        sum(h.total_count for h in intervals.histograms)
-    assert intervals.histograms[0].total_count == 50  # grouping never adds into a source
+        for histogram in written[number * size:(number + 1) * size]:
+            exact.add(histogram)
+        assert (point.start, point.end) == pytest.approx(
+            (1_700_000_000.0 + number * size,
+             1_700_000_000.0 + min((number + 1) * size, len(written))), abs=1e-3)
+        assert point.count == exact.total_count
+        assert list(point.values) == exact.percentiles(TIME_PERCENTILES)
+    everything = Histogram()
+    for histogram in written:
+        everything.add(histogram)
+    assert target.total == everything
+    assert not [m for m in data.missing if "damaged" in m]
 
 
 def test_counts_are_summed_when_grouped():
