@@ -3,12 +3,16 @@
 Agents start at one agreed instant and report deltas per interval, so interval ``i`` of the
 run is the sum of every agent's interval ``i``: histograms are added bucket by bucket (the
 merged histogram is the histogram of all samples; percentiles are never averaged) and counters
-are summed.  Reports arrive here already decoded and checked (runner_reports.AgentStream);
-a rejected report never reaches the merge, so it leaves every total exactly as it was.
+are summed.  Reports arrive here checked (runner_reports.AgentStream) with their histograms
+still encoded; they are decoded straight into the sums, and a histogram that does not decode
+is rolled back with everything else of its report, so a refused report leaves every total
+exactly as it was.
 """
 import enum
 from dataclasses import dataclass, field
 
+from loadgate.native._hdr import Histogram
+from loadgate.native.errors import EncodingError, HistogramError
 from loadgate.native.outcomes import Outcome
 from loadgate.proto.loadgate.v1 import common_pb2
 
@@ -54,14 +58,52 @@ class TargetTotals:
                    if outcome not in (Outcome.OK_2XX, Outcome.REDIRECT_3XX, Outcome.NOT_SENT))
 
     def add(self, other):
+        """Adds another TargetTotals (histograms and counters)."""
         for metric, histogram in other.histograms.items():
             self.histograms[metric].add(histogram)
+        self.add_counts(other)
+        return self
+
+    def add_counts(self, other):
+        """Adds the counters of a TargetTotals or TargetShare."""
         for outcome, n in other.outcomes.items():
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
         self.sent += other.sent
         self.late += other.late
         self.bytes_read += other.bytes_read
-        return self
+
+    def add_encoded(self, share):
+        """Decodes a share's histograms into these; on the first that does not decode, takes
+        back the ones added and returns why (None when all were added)."""
+        added = []
+        for metric, data in share.encoded.items():
+            try:
+                self.histograms[metric].decode_and_add(data)
+            except (EncodingError, HistogramError) as exc:
+                self.remove_encoded(share, added)
+                return f"{metric.value} histogram: {exc}"
+            added.append(metric)
+        return None
+
+    def remove_encoded(self, share, metrics=None):
+        """Takes back histograms ``add_encoded`` added (they decoded then, so they do now)."""
+        for metric in share.encoded if metrics is None else metrics:
+            self.histograms[metric].subtract(Histogram.decode_binary(share.encoded[metric]))
+
+
+@dataclass
+class TargetShare:
+    """One target's part of one agent's report, its histograms still encoded."""
+
+    encoded: dict  # Metric -> bytes (HdrHistogram V2 compressed)
+    outcomes: dict  # Outcome -> int
+    sent: int = 0
+    late: int = 0
+    bytes_read: int = 0
+
+    @property
+    def completed(self):
+        return sum(n for outcome, n in self.outcomes.items() if outcome is not Outcome.NOT_SENT)
 
 
 @dataclass
@@ -87,6 +129,8 @@ class MergedInterval:
     saturated: tuple  # agent ids whose generator fell behind
     telemetry: list  # (agent_id, TelemetrySample)
     correction: bool = False
+    discarded: tuple = ()  # agent ids whose report for it was refused (nothing of it is here)
+    reporters: set = field(default_factory=set, repr=False)
 
     @classmethod
     def empty(cls, index, target_names, layout):
@@ -102,20 +146,36 @@ class MergedInterval:
         return sum(t.errors for t in self.targets.values())
 
     def add_agent(self, interval, offset_ns):
+        """Adds an agent's report; returns why it was refused (None when added)."""
+        done = []
+        for name, share in interval.targets.items():
+            problem = self.targets[name].add_encoded(share)
+            if problem:
+                for added, added_share in done:
+                    self.targets[added].remove_encoded(added_share)
+                self._reported(interval.agent_id)
+                self.discarded += (interval.agent_id,)
+                return f"target {name!r} {problem}"
+            done.append((name, share))
         start, end = interval.start_ns - offset_ns, interval.end_ns - offset_ns
-        self.start_ns = start if not self.agents else min(self.start_ns, start)
+        self.start_ns = start if not self.end_ns else min(self.start_ns, start)
         self.end_ns = max(self.end_ns, end)
         self.intended += interval.intended
         self.sent += interval.sent
-        for name, totals in interval.targets.items():
-            self.targets[name].add(totals)
+        for name, share in interval.targets.items():
+            self.targets[name].add_counts(share)
         self.cpu_seconds += interval.cpu_seconds
         self.max_lag_us = max(self.max_lag_us, interval.max_lag_us)
         self.open_connections += interval.open_connections
-        self.agents.append(interval.agent_id)
+        self._reported(interval.agent_id)
         if interval.saturated:
             self.saturated += (interval.agent_id,)
         self.telemetry.extend((interval.agent_id, sample) for sample in interval.telemetry)
+        return None
+
+    def _reported(self, agent_id):
+        self.agents.append(agent_id)
+        self.reporters.add(agent_id)
 
 
 class IntervalMerger:
@@ -138,11 +198,13 @@ class IntervalMerger:
         self._released = 0  # every index below this has been handed out
 
     def add(self, interval):
-        """Merges one accepted interval; returns the intervals that became complete."""
+        """Merges one checked report: returns (the intervals that became complete, why the
+        report was refused or None).  A refused report still counts as the agent's report of
+        its interval, so nobody waits for it."""
         offset = self.offsets_ns.get(interval.agent_id, 0)
         if interval.index < self._released:
             merged = MergedInterval.empty(interval.index, self.target_names, self.layout)
-            merged.add_agent(interval, offset)
+            problem = merged.add_agent(interval, offset)
             merged.agents = tuple(merged.agents)
             merged.correction = True
             self._count(merged)
@@ -152,11 +214,11 @@ class IntervalMerger:
             if merged is None:
                 merged = MergedInterval.empty(interval.index, self.target_names, self.layout)
                 self._pending[interval.index] = merged
-            merged.add_agent(interval, offset)
+            problem = merged.add_agent(interval, offset)
             ready = []
         if interval.final:
             self._last_index[interval.agent_id] = interval.index
-        return ready + self._take_complete()
+        return ready + self._take_complete(), problem
 
     def agent_gone(self, agent_id):
         """Stops waiting for an agent (lost); returns the intervals that became complete."""
@@ -191,12 +253,12 @@ class IntervalMerger:
         ready = []
         while self._pending:
             merged = self._pending.get(self._released)
-            reported = len(set(merged.agents)) if merged else 0
+            reported = len(merged.reporters) if merged else 0
             # Every expected agent that has not finished owes the interval; comparing counts
             # first keeps this O(1) per report until the interval may be complete.
             if reported < len(self._expected) - len(self._last_index.keys() & self._expected):
                 break
-            if set(self._owed_by(self._released)) - set(merged.agents if merged else ()):
+            if set(self._owed_by(self._released)) - (merged.reporters if merged else set()):
                 break
             ready.append(self._hand_out(self._released))
         return ready
@@ -205,7 +267,7 @@ class IntervalMerger:
         merged = self._pending.pop(index, None)
         if merged is None:
             merged = MergedInterval.empty(index, self.target_names, self.layout)
-        merged.missing = tuple(sorted(set(self._owed_by(index)) - set(merged.agents)))
+        merged.missing = tuple(sorted(set(self._owed_by(index)) - merged.reporters))
         merged.agents = tuple(merged.agents)
         self._released = index + 1
         self._count(merged)
@@ -236,22 +298,22 @@ class RunTotals:
         self.per_agent = {}  # agent id -> AgentTotals
 
     def add(self, interval):
-        """Adds an accepted report's counters (histograms come with its merged interval)."""
+        """Adds a merged report's counters (histograms come with its merged interval)."""
         self.intended += interval.intended
         self.sent += interval.sent
-        for name, totals in interval.targets.items():
-            target = self.targets[name]
-            for outcome, n in totals.outcomes.items():
-                target.outcomes[outcome] = target.outcomes.get(outcome, 0) + n
-            target.sent += totals.sent
-            target.late += totals.late
-            target.bytes_read += totals.bytes_read
+        for name, share in interval.targets.items():
+            self.targets[name].add_counts(share)
         self.cpu_seconds += interval.cpu_seconds
         self.max_lag_us = max(self.max_lag_us, interval.max_lag_us)
         self.saturated_intervals += bool(interval.saturated)
         self.intervals += 1
         agent = self.per_agent.setdefault(interval.agent_id, AgentTotals())
         agent.add(interval)
+
+    def discard(self, interval):
+        """Notes a refused report: nothing of it is counted, but its agent moved past it."""
+        agent = self.per_agent.setdefault(interval.agent_id, AgentTotals())
+        agent.pass_over(interval)
 
     @property
     def completed(self):
@@ -286,11 +348,14 @@ class AgentTotals:
         self.intended += interval.intended
         self.sent += interval.sent
         self.completed += sum(t.completed for t in interval.targets.values())
-        self.last_seq = interval.seq
-        self.last_index = interval.index
         self.saturated_intervals += bool(interval.saturated)
         self.cpu_seconds += interval.cpu_seconds
         self.max_lag_us = max(self.max_lag_us, interval.max_lag_us)
+        self.pass_over(interval)
+
+    def pass_over(self, interval):
+        self.last_seq = interval.seq
+        self.last_index = interval.index
         if interval.final:
             self.finished = True
             self.scheduled_total = interval.scheduled_total

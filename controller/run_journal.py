@@ -27,7 +27,8 @@ class RecordKind(enum.Enum):
     PREPARED = "prepared"      # an agent accepted its shard
     STARTED = "started"        # the agreed start instant
     REPORT = "report"          # an accepted interval report
-    REJECTED = "rejected"      # a refused report and why
+    REJECTED = "rejected"      # a report refused as it arrived, and why (never merged)
+    DISCARDED = "discarded"    # a journaled REPORT whose histograms did not decode
     AGENT_LOST = "agent_lost"  # an agent stopped answering
     AGENT_BACK = "agent_back"  # a lost agent answered again
     ADJUSTED = "adjusted"      # rate scale or weights changed
@@ -106,6 +107,14 @@ def report_fields(agent_id, seq, index, payload):
 def report_payload(record):
     """The serialized IntervalReport bytes a REPORT record carries."""
     return base64.b64decode(record[BLOB_FIELD])
+
+
+def accepted_reports(path):
+    """The REPORT records of a journal that were merged (every one not DISCARDED later)."""
+    records = list(read_journal(path))
+    discarded = {(r["agent_id"], r["seq"]) for kind, r in records if kind is RecordKind.DISCARDED}
+    return [r for kind, r in records
+            if kind is RecordKind.REPORT and (r["agent_id"], r["seq"]) not in discarded]
 
 
 def read_journal(path):

@@ -63,6 +63,7 @@ class RunDir:
             raise InfrastructureError(f"cannot create run directory {self.path}: {exc}") from None
         self.journal = RunJournal(journal)
         self._hlogs = {}  # (target, Metric) -> (file, HlogWriter)
+        self._start_s = 0.0
         self._telemetry = None
 
     def file(self, name):
@@ -107,6 +108,7 @@ class RunDir:
     def open_outputs(self, target_names, start_s):
         """Starts the hlog and telemetry files afresh (a resume rebuilds them from the journal)."""
         self.close_outputs()
+        self._start_s = start_s
         for target in target_names:
             for metric in Metric:
                 f = open(os.path.join(self.path, HLOG_DIR, hlog_name(target, metric)), "w")
@@ -116,7 +118,11 @@ class RunDir:
 
     def write_interval(self, merged):
         """Appends a merged interval to the hlogs and its telemetry to telemetry.jsonl."""
-        start_s, end_s = merged.start_ns / 1e9, merged.end_ns / 1e9
+        # An agent's clock offset is known to within half a round trip, so the first interval
+        # may seem to begin a hair before the run; HdrHistogram's log readers skip intervals
+        # that start before the log's base time.
+        start_s = max(merged.start_ns / 1e9, self._start_s)
+        end_s = max(merged.end_ns / 1e9, start_s)
         for name, totals in merged.targets.items():
             for metric, histogram in totals.histograms.items():
                 f, writer = self._hlogs[name, metric]

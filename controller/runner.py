@@ -358,8 +358,9 @@ class DistributedRun(AgentLossMixin):
     def _emit(self, ready):
         interval_ns = int(self.definition.interval_s * NS)
         for merged in ready:
-            if not merged.agents:
-                # Nobody reported it (every agent lost or done): it still covers its span.
+            if not merged.end_ns:
+                # No report made it in (every agent lost, done or refused): it still covers
+                # its span.
                 merged.start_ns = self.start_ns + merged.index * interval_ns
                 merged.end_ns = merged.start_ns + interval_ns
             else:

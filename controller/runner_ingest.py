@@ -1,14 +1,17 @@
-"""The controller's ingest path for interval reports: decode, journal, merge, in that order.
+"""The controller's ingest path for interval reports: check, journal, merge, in that order.
 
-``accept`` runs as each report arrives (parse, validate, advance the agent's stream); what it
-accepts waits in a batch.  ``take`` hands the batch over, ``journal`` writes it with one fsync
-(it may run on another thread), and only then ``merge`` adds it to the run.  A crash between
-the steps loses nothing that was merged: anything merged was journaled first.
+``accept`` runs as each report arrives (parse, check, advance the agent's stream); what it
+accepts waits in a batch.  ``take`` hands the batch over, ``journal_batch`` writes it with
+one fsync (it may run on another thread), and only then ``merge`` decodes the histograms
+into the run.  A crash between the steps loses nothing that was merged: anything merged was
+journaled first.  A report whose histograms turn out not to decode is discarded whole by the
+merge and journaled as such (DISCARDED), so the journal's accepted reports
+(``run_journal.accepted_reports``) are exactly what was merged.
 """
 from google.protobuf.message import DecodeError
 
-from loadgate.controller.runner_reports import AgentInterval, RejectReason, Rejection
 from loadgate.controller.run_journal import BLOB_FIELD, RecordKind, report_fields
+from loadgate.controller.runner_reports import RejectReason, Rejection
 from loadgate.proto.loadgate.v1 import common_pb2
 
 
@@ -19,11 +22,11 @@ class ReportIngest:
         self.journal = journal
         self.merger = merger
         self.totals = totals
-        self.rejections = []  # every Rejection, in arrival order
+        self.rejections = []  # every Rejection, in the order they were decided
         self._batch = []  # (record kind, fields, AgentInterval or None)
 
     def accept(self, stream, payload):
-        """Decodes and checks one serialized IntervalReport from ``stream``'s agent.
+        """Parses and checks one serialized IntervalReport from ``stream``'s agent.
 
         Returns the AgentInterval (queued for journaling and merging) or a Rejection (queued
         for journaling only); the stream advances only past an accepted report."""
@@ -48,17 +51,17 @@ class ReportIngest:
         return result
 
     def replay(self, stream, payload):
-        """Re-merges a report read back from the journal (a resumed run); returns the merged
-        intervals that became complete, or a Rejection if the journal disagrees with itself."""
-        report = common_pb2.IntervalReport.FromString(payload)
-        result = stream.check(report)
+        """Re-merges a REPORT read back from the journal (a resumed run): returns the merged
+        intervals that became complete, or a Rejection if the journal disagrees with itself.
+        A report the live run discarded is discarded again, without a second record."""
+        result = stream.check(common_pb2.IntervalReport.FromString(payload))
         if isinstance(result, Rejection):
             return result
         stream.commit(result)
-        return self._merge_one(result)
+        return self._merge_one(result, journaled=True)
 
     def take(self):
-        """The batch accepted so far (to pass to ``journal`` and then ``merge``)."""
+        """The batch accepted so far (to pass to ``journal_batch`` and then ``merge``)."""
         batch, self._batch = self._batch, []
         return batch
 
@@ -76,14 +79,24 @@ class ReportIngest:
         return ready
 
     def ingest_now(self, stream, payload):
-        """accept + journal + merge of one report, synchronously (tests and benchmarks)."""
+        """accept + journal + merge of one report, synchronously (tests and benchmarks):
+        returns (the AgentInterval or Rejection, the merged intervals that became complete)."""
         result = self.accept(stream, payload)
         batch = self.take()
         self.journal_batch(batch)
-        return result, self.merge(batch)
+        refused = len(self.rejections)
+        ready = self.merge(batch)
+        return (self.rejections[-1] if len(self.rejections) > refused else result), ready
 
-    def _merge_one(self, interval: AgentInterval):
-        self.totals.add(interval)
-        ready = self.merger.add(interval)
-        interval.release(self.merger.layout)
+    def _merge_one(self, interval, journaled=False):
+        ready, problem = self.merger.add(interval)
+        if problem is None:
+            self.totals.add(interval)
+            return ready
+        self.totals.discard(interval)
+        rejection = Rejection(interval.agent_id, interval.seq, interval.index,
+                              RejectReason.BAD_HISTOGRAM, problem)
+        self.rejections.append(rejection)
+        if not journaled:
+            self.journal.append(RecordKind.DISCARDED, **rejection.to_dict())
         return ready

@@ -59,6 +59,8 @@ class AgentLossMixin:
                         pause = 0.05  # ask again right away, from the last good seq
                         break
                     s.consecutive_rejections = 0
+                    if s.state is AgentState.LOST:
+                        await self._agent_back(s)  # its stream came back before a Ping did
                     if result.final:
                         break
             except grpc.aio.AioRpcError as exc:
@@ -71,7 +73,6 @@ class AgentLossMixin:
             await asyncio.sleep(pause)
 
     async def _rejected(self, s, rejection):
-        s.rejections += 1
         s.consecutive_rejections += 1
         s.last_error = f"report rejected: {rejection.reason.value}: {rejection.message}"
         if s.consecutive_rejections >= MAX_REJECTIONS:
@@ -97,6 +98,7 @@ class AgentLossMixin:
 
     async def _agent_back(self, s):
         s.state = AgentState.RUNNING
+        s.last_answer = time.monotonic()
         self.run_dir.journal.append(RecordKind.AGENT_BACK, agent_id=s.agent_id,
                                     last_seq=s.stream.last_seq)
         self.ingest.merger.agent_back(s.agent_id)

@@ -1,15 +1,22 @@
-"""Interval reports as the controller receives them: decoded, checked, or rejected.
+"""Interval reports as the controller receives them: checked, then merged or refused.
 
-Ingest has three steps the runner keeps in order: ``AgentStream.check`` (decode and validate,
-no state changes), journal the accepted report, then ``AgentStream.commit`` and the merge.
-Rejections are data (``Rejection``), so the ingest path never raises on hostile input.
+A report passes two gates.  ``AgentStream.check``, as it arrives and before it is journaled,
+checks everything but the histogram encodings: run, agent, seq and interval order, target
+names, outcome codes, and on an agent's first report the histogram layout.  A report refused
+there changes nothing, and the runner asks the agent again from the last good seq.  The
+histograms are decoded once, straight into the merge, after the report is journaled
+(``IntervalMerger.add``): decoding them a second time, or into staging histograms, to check
+them first would double the controller's ingest cost.  One that does not decode is rolled
+back and the report discarded with its seq consumed; the agent holds the same bytes, so
+asking again would not help.  Rejections are data (``Rejection``), never exceptions.
 """
 import enum
 from dataclasses import dataclass
 
-from loadgate.controller.merge import OUTCOME_OF_WIRE, Metric, TargetTotals
+from loadgate.controller.merge import OUTCOME_OF_WIRE, Metric, TargetShare
 from loadgate.native._hdr import Histogram
 from loadgate.native.errors import EncodingError, HistogramError
+
 
 class RejectReason(enum.Enum):
     """Why a report was not merged."""
@@ -45,19 +52,12 @@ class Rejection:
 
 
 class HistogramLayout:
-    """The histogram parameters of a run, and a pool of empty histograms of that layout.
-
-    Reports are decoded into pooled histograms (``Histogram.decode_and_add``): a fresh
-    histogram per decode costs a 188 KB allocation whose page faults outweigh the decode.
-    """
-
-    SPARE_LIMIT = 4096  # pooled histograms kept after a burst (about 0.8 GB at most)
+    """The histogram parameters of a run; every agent's histograms must match them."""
 
     def __init__(self, lowest=1, highest=3_600_000_000, significant_figures=3):
         self.lowest = lowest
         self.highest = highest
         self.significant_figures = significant_figures
-        self._spare = []
 
     def empty(self):
         return Histogram(self.lowest, self.highest, self.significant_figures)
@@ -66,21 +66,10 @@ class HistogramLayout:
         return (histogram.lowest == self.lowest and histogram.highest == self.highest
                 and histogram.significant_figures == self.significant_figures)
 
-    def take(self):
-        """An empty histogram of this layout, from the pool when there is one."""
-        return self._spare.pop() if self._spare else self.empty()
-
-    def give(self, histograms):
-        """Returns histograms to the pool (they are emptied)."""
-        for histogram in histograms:
-            if len(self._spare) < self.SPARE_LIMIT and self.matches(histogram):
-                histogram.reset()
-                self._spare.append(histogram)
-
 
 @dataclass
 class AgentInterval:
-    """One accepted report, decoded: an agent's share of one interval."""
+    """One accepted report: an agent's share of one interval (histograms still encoded)."""
 
     agent_id: str
     seq: int
@@ -89,7 +78,7 @@ class AgentInterval:
     end_ns: int
     intended: int
     sent: int
-    targets: dict  # name -> TargetTotals
+    targets: dict  # name -> TargetShare
     cpu_seconds: float
     max_lag_us: int
     open_connections: int
@@ -98,15 +87,9 @@ class AgentInterval:
     final: bool
     scheduled_total: int
 
-    def release(self, layout):
-        """Hands the decoded histograms back to the pool once they are merged."""
-        for totals in self.targets.values():
-            layout.give(totals.histograms.values())
-        self.targets = {}
-
 
 class AgentStream:
-    """The reports of one agent in one run: decodes them and enforces seq and index order."""
+    """The reports of one agent in one run: enforces seq and index order (the first gate)."""
 
     def __init__(self, run_id, agent_id, target_names, layout):
         self.run_id = run_id
@@ -119,7 +102,7 @@ class AgentStream:
         self.layout_checked = False
 
     def check(self, report):
-        """The decoded report (AgentInterval) or a Rejection; changes nothing."""
+        """The report as an AgentInterval, or a Rejection; changes nothing."""
         def reject(reason, message):
             return Rejection(self.agent_id, report.seq, report.interval_index, reason, message)
 
@@ -146,8 +129,6 @@ class AgentStream:
         for target in report.targets:
             problem = self._check_target(target, targets)
             if problem:
-                for totals in targets.values():
-                    self.layout.give(totals.histograms.values())
                 return reject(*problem)
         health = report.health
         return AgentInterval(
@@ -159,58 +140,46 @@ class AgentStream:
             telemetry=list(report.telemetry), final=report.final,
             scheduled_total=report.scheduled_total)
 
-    def _check_target(self, target, decoded):
-        # Returns (reason, message) for a bad target and fills ``decoded`` for a good one.
+    def _check_target(self, target, shares):
+        # Returns (reason, message) for a bad target and fills ``shares`` for a good one.
         if target.name not in self.target_names:
             return RejectReason.UNKNOWN_TARGET, f"target {target.name!r} is not in the run"
-        if target.name in decoded:
+        if target.name in shares:
             return RejectReason.DUPLICATE_TARGET, f"target {target.name!r} appears twice"
-        histograms = {}
-        for metric in Metric:
-            problem = self._decode(target.name, metric, getattr(target, metric.value),
-                                   histograms)
-            if problem:
-                self.layout.give(histograms.values())
-                return problem
+        encoded = {metric: getattr(target, metric.value) for metric in Metric}
+        if not self.layout_checked:
+            for metric, data in encoded.items():
+                problem = self._check_layout(target.name, metric, data)
+                if problem:
+                    return problem
         outcomes = {}
         for entry in target.outcomes:
             outcome = OUTCOME_OF_WIRE.get(entry.outcome)
             if outcome is None:
-                self.layout.give(histograms.values())
                 return (RejectReason.BAD_OUTCOME,
                         f"target {target.name!r} has unknown outcome {entry.outcome}")
             outcomes[outcome] = outcomes.get(outcome, 0) + entry.count
-        decoded[target.name] = TargetTotals(histograms, outcomes, target.sent, target.late,
-                                            target.bytes_read)
+        shares[target.name] = TargetShare(encoded, outcomes, target.sent, target.late,
+                                          target.bytes_read)
         return None
 
-    def _decode(self, name, metric, data, histograms):
-        # The first report of a stream is decoded on its own so its layout can be checked;
-        # later ones go straight into a pooled histogram of the run's layout.
-        if not self.layout_checked:
-            try:
-                histogram = Histogram.decode_binary(data)
-            except (EncodingError, HistogramError) as exc:
-                return RejectReason.BAD_HISTOGRAM, f"target {name!r} {metric.value} histogram: {exc}"
-            if not self.layout.matches(histogram):
-                return (RejectReason.HISTOGRAM_LAYOUT,
-                        f"target {name!r} {metric.value} histogram covers "
-                        f"{histogram.lowest}..{histogram.highest} at "
-                        f"{histogram.significant_figures} digits, the run uses "
-                        f"{self.layout.lowest}..{self.layout.highest} at "
-                        f"{self.layout.significant_figures}")
-        else:
-            histogram = self.layout.take()
-            try:
-                histogram.decode_and_add(data)
-            except (EncodingError, HistogramError) as exc:
-                self.layout.give([histogram])
-                return RejectReason.BAD_HISTOGRAM, f"target {name!r} {metric.value} histogram: {exc}"
-        histograms[metric] = histogram
-        return None
+    def _check_layout(self, name, metric, data):
+        # Once per agent: a histogram of another layout would be re-bucketed by the merge,
+        # which is no longer exact.
+        try:
+            histogram = Histogram.decode_binary(data)
+        except (EncodingError, HistogramError) as exc:
+            return RejectReason.BAD_HISTOGRAM, f"target {name!r} {metric.value} histogram: {exc}"
+        if self.layout.matches(histogram):
+            return None
+        return (RejectReason.HISTOGRAM_LAYOUT,
+                f"target {name!r} {metric.value} histogram covers "
+                f"{histogram.lowest}..{histogram.highest} at {histogram.significant_figures} "
+                f"digits, the run uses {self.layout.lowest}..{self.layout.highest} at "
+                f"{self.layout.significant_figures}")
 
     def commit(self, interval):
-        """Advances the stream past an accepted (and journaled) report."""
+        """Advances the stream past a report that passed ``check``."""
         self.last_seq = interval.seq
         self.last_index = interval.index
         self.finished = interval.final

@@ -53,7 +53,6 @@ def resume_run(path, credentials=None, metadata=()):
             run.ingest.rejections.append(Rejection(
                 record["agent_id"], record["seq"], record["interval_index"],
                 RejectReason(record["reason"]), record["message"]))
-            session.rejections += 1
         elif kind is RecordKind.AGENT_LOST:
             session.state = AgentState.LOST
             session.times_lost += 1

@@ -48,7 +48,6 @@ class AgentSession:
     lost_at_ns: int = 0
     lost_reason: str = ""
     times_lost: int = 0
-    rejections: int = 0
     consecutive_rejections: int = 0
     stream_failures: int = 0
     notes: list = field(default_factory=list)

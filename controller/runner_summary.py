@@ -134,7 +134,9 @@ def _agent_summary(run, s):
         "reports": own.reports if own else 0, "intended": own.intended if own else 0,
         "sent": own.sent if own else 0, "completed": own.completed if own else 0,
         "last_seq": s.stream.last_seq if s.stream else 0,
-        "rate_scale": s.rate_scale, "rejections": s.rejections,
+        "rate_scale": s.rate_scale,
+        "rejections": sum(r.agent_id == s.agent_id for r in run.ingest.rejections)
+        if run.ingest else 0,
         "saturated_intervals": own.saturated_intervals if own else 0,
         "max_lag_us": own.max_lag_us if own else 0,
         "last_error": s.last_error,

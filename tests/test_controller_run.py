@@ -14,7 +14,7 @@ import pytest
 
 from agent_helpers import start_agent
 from loadgate.controller.merge import Metric
-from loadgate.controller.run_journal import RecordKind, read_journal, report_payload
+from loadgate.controller.run_journal import accepted_reports, report_payload
 from loadgate.controller.rundir import HLOG_DIR, JOURNAL, TELEMETRY, hlog_name
 from loadgate.controller.runner import DistributedRun
 from loadgate.controller.runner_spec import RunDefinition, TargetDefinition
@@ -93,10 +93,9 @@ def run_to_end(run, on_interval=None, timeout=60.0):
 
 
 def journal_reports(run_dir):
-    """Every accepted report in a run directory's journal, in journal order."""
+    """Every report of a run directory's journal that was merged, in journal order."""
     return [common_pb2.IntervalReport.FromString(report_payload(record))
-            for kind, record in read_journal(os.path.join(run_dir, JOURNAL))
-            if kind is RecordKind.REPORT]
+            for record in accepted_reports(os.path.join(run_dir, JOURNAL))]
 
 
 def sum_reports(reports, target, metric):

@@ -17,7 +17,7 @@ from test_controller_run import (assert_seqs_contiguous, completed_in, definitio
                                  journal_reports, real_agents, real_target, sum_reports)
 from loadgate.controller.merge import Metric
 from loadgate.controller.plan_model import AgentLossPolicy
-from loadgate.controller.run_journal import RecordKind, read_journal
+from loadgate.controller.run_journal import RecordKind, read_journal, report_payload
 from loadgate.controller.rundir import JOURNAL
 from loadgate.controller.runner import DistributedRun
 from loadgate.proto.loadgate.v1 import common_pb2
@@ -101,15 +101,21 @@ def corrupt_histogram(report):
     target.latency = target.latency[:12] + b"\xff" * 16 + target.latency[28:]
 
 
+# Keyed by the n-th report the relay forwards, counting the agent's resends after a refusal.
 DAMAGES = {
-    # A histogram damaged in transit: rejected, then fetched again from the agent.
-    2: lambda r: [edited(r, corrupt_histogram)],
-    # A report delivered twice: the repeat is rejected, the stream goes on.
-    4: lambda r: [r, r],
+    # The agent's first report with a damaged histogram: refused on arrival (the first report
+    # of an agent is decoded whole to check its layout), then fetched again.
+    1: lambda r: [edited(r, corrupt_histogram)],
+    # Its second report, damaged: it passes the arrival checks, is journaled, and its
+    # histograms fail in the merge: discarded whole, its seq consumed (the agent would send
+    # the same bytes again).
+    3: lambda r: [edited(r, corrupt_histogram)],
+    # A report delivered twice: the repeat is refused, the stream goes on from the last seq.
+    5: lambda r: [r, r],
     # A report of another run.
-    6: lambda r: [edited(r, lambda m: setattr(m, "run_id", "someone-else"))],
+    7: lambda r: [edited(r, lambda m: setattr(m, "run_id", "someone-else"))],
     # Not a report at all.
-    8: lambda r: [b"\x0a\xff\xff\xff\xff\x0f"],
+    9: lambda r: [b"\x0a\xff\xff\xff\xff\x0f"],
 }
 
 
@@ -120,7 +126,7 @@ def test_damaged_reports_are_rejected_and_the_run_stays_exact(tmp_path):
         async def main():
             relay = DamagingRelay(agents[0].address, DAMAGES)
             relayed = await relay.start()
-            run = DistributedRun(definition(url, rate=200, duration_s=3.0),
+            run = DistributedRun(definition(url, rate=200, duration_s=4.0),
                                  [relayed, agents[1].address], run_dir)
             try:
                 await run.prepare()
@@ -132,20 +138,31 @@ def test_damaged_reports_are_rejected_and_the_run_stays_exact(tmp_path):
         run, summary = asyncio.run(main())
         seen = requests_seen()
     reasons = [r["reason"] for r in summary["rejected_reports"]]
-    assert sorted(reasons) == sorted(["bad_histogram", "seq_repeat", "wrong_run", "malformed"])
+    assert sorted(reasons) == sorted(["bad_histogram", "bad_histogram", "seq_repeat",
+                                      "wrong_run", "malformed"])
     assert all(r["message"] for r in summary["rejected_reports"])
     assert summary["status"] == "completed"
     assert [a["state"] for a in summary["agents"]] == ["finished", "finished"]
-    assert summary["agents"][0]["rejections"] == 4
+    assert summary["agents"][0]["rejections"] == 5
     assert "reports_rejected" in {w["kind"] for w in summary["generator"]["warnings"]}
-    # Nothing rejected was merged and nothing good was lost.
+    # Nothing refused was merged, and everything else was, once.
     reports = journal_reports(run_dir)
-    assert_seqs_contiguous(reports)
-    assert summary["load"]["sent"] == 600 and completed_in(reports) == 600 == seen
+    assert_seqs_contiguous([r for r in reports if r.agent_id != summary["agents"][0]["agent_id"]])
+    discarded = discarded_reports(run_dir)
+    assert [r.seq for r in discarded] == [2]
+    lost = completed_in(discarded)
+    assert lost > 0 and completed_in(reports) == summary["load"]["completed"] == 800 - lost
+    assert summary["load"]["completed"] + lost == seen
     for metric in Metric:
         assert sum_reports(reports, "main", metric) == \
             run.ingest.totals.targets["main"].histograms[metric]
 
+
+def discarded_reports(run_dir):
+    records = list(read_journal(os.path.join(run_dir, JOURNAL)))
+    gone = {(r["agent_id"], r["seq"]) for kind, r in records if kind is RecordKind.DISCARDED}
+    return [common_pb2.IntervalReport.FromString(report_payload(r)) for kind, r in records
+            if kind is RecordKind.REPORT and (r["agent_id"], r["seq"]) in gone]
 
 @pytest.mark.slow
 def test_agent_cut_off_then_back_loses_and_doubles_nothing(tmp_path):

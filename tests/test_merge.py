@@ -7,8 +7,8 @@ import pytest
 from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, RunTotals
 from loadgate.controller.runner_reports import (AgentStream, HistogramLayout, RejectReason,
                                                 Rejection)
-from loadgate.controller.run_journal import (RecordKind, RunJournal, read_journal,
-                                             report_payload)
+from loadgate.controller.run_journal import (RecordKind, RunJournal, accepted_reports,
+                                             read_journal, report_payload)
 from loadgate.controller.runner_ingest import ReportIngest
 from loadgate.native._hdr import Histogram
 from loadgate.native.outcomes import Outcome
@@ -120,10 +120,6 @@ def test_released_interval_lists_missing_agent_and_late_data_is_a_correction(tmp
     (lambda r: setattr(r, "interval_index", 0), RejectReason.INTERVAL_ORDER),
     (lambda r: setattr(r.targets[0], "name", "nope"), RejectReason.UNKNOWN_TARGET),
     (lambda r: setattr(r.targets[1], "name", "baseline"), RejectReason.DUPLICATE_TARGET),
-    (lambda r: setattr(r.targets[0], "latency", b"\x1c\x84\x93\x14garbage"),
-     RejectReason.BAD_HISTOGRAM),
-    (lambda r: setattr(r.targets[1], "service_time", r.targets[1].service_time[:-5]),
-     RejectReason.BAD_HISTOGRAM),
     (lambda r: r.targets[0].outcomes.add(outcome=42, count=1), RejectReason.BAD_OUTCOME),
 ])
 def test_bad_report_is_rejected_and_changes_nothing(tmp_path, mutate, reason):
@@ -149,6 +145,42 @@ def test_bad_report_is_rejected_and_changes_nothing(tmp_path, mutate, reason):
                                        RecordKind.REPORT]
     assert records[2][1]["reason"] == reason.value
     assert report_payload(records[3][1]) == good.SerializeToString()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: setattr(r.targets[0], "latency", b"\x1c\x84\x93\x14garbage"),
+    lambda r: setattr(r.targets[1], "service_time", r.targets[1].service_time[:-5]),
+    lambda r: setattr(r.targets[1], "schedule_lag", b""),
+])
+def test_a_report_whose_histograms_do_not_decode_is_discarded_whole(tmp_path, damage):
+    rng = random.Random(6)
+    ingest, streams = new_ingest(tmp_path, ("a",))
+    for seq in (1, 2):
+        ingest.ingest_now(streams["a"], make_report("a", seq, seq - 1, rng)[0].SerializeToString())
+    before = {name: {m: t.histograms[m].copy() for m in Metric}
+              for name, t in ingest.totals.targets.items()}
+    completed = ingest.totals.completed
+    bad, _ = make_report("a", 3, 2, rng)
+    damage(bad)
+    result, ready = ingest.ingest_now(streams["a"], bad.SerializeToString())
+    assert isinstance(result, Rejection) and result.reason is RejectReason.BAD_HISTOGRAM
+    assert "histogram" in result.message and result.seq == 3
+    # Interval 2 is handed out empty, marked as refused from "a"; nothing of it was added,
+    # including the histograms of targets that did decode.
+    assert [(m.index, m.discarded, m.completed) for m in ready] == [(2, ("a",), 0)]
+    assert all(h.total_count == 0 for t in ready[0].targets.values()
+               for h in t.histograms.values())
+    assert ingest.totals.completed == completed and ingest.totals.intervals == 2
+    for name, t in ingest.totals.targets.items():
+        assert all(t.histograms[m] == before[name][m] for m in Metric)
+    # The agent holds the same bytes, so its seq is consumed and it carries on after it.
+    assert streams["a"].last_seq == 3
+    good, _ = make_report("a", 4, 3, rng, final=True)
+    result, ready = ingest.ingest_now(streams["a"], good.SerializeToString())
+    assert not isinstance(result, Rejection) and [m.index for m in ready] == [3]
+    kinds = [k for k, _ in read_journal(tmp_path / "journal.jsonl")]
+    assert kinds == [RecordKind.REPORT] * 3 + [RecordKind.DISCARDED, RecordKind.REPORT]
+    assert [r["seq"] for r in accepted_reports(tmp_path / "journal.jsonl")] == [1, 2, 4]
 
 
 def test_a_stream_whose_histograms_have_another_layout_is_rejected(tmp_path):
