@@ -198,10 +198,7 @@ class ManagedRun:
             self.metrics.follow_run(run, self.plan.deployment.id)
 
     def _on_interval(self, merged):
-        if not self.hub.watching:
-            return
-        self.hub.publish(EventKind.INTERVAL,
-                         interval_stats(merged, self._interval_weights, self.view.phase()))
+        publish_interval(self.hub, merged, self._interval_weights, self.view.phase)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -212,6 +209,13 @@ class ManagedRun:
     def abort(self, who, why):
         append_decision(self.run_dir, RecordKind.ABORT, who, why)
         self._wake.set()
+
+
+def publish_interval(hub, merged, weights, phase):
+    """What a run does with each merged interval for its watchers: nothing when nobody
+    watches, else one IntervalStats built once and fanned out.  ``phase()`` names the load."""
+    if hub.watching:
+        hub.publish(EventKind.INTERVAL, interval_stats(merged, weights, phase()))
 
 
 class AgentSources:
