@@ -118,3 +118,21 @@ def test_serve_refuses_to_listen_beyond_loopback_without_credentials(tmp_path, c
                      str(tmp_path)])
     assert code == 3
     assert "--token-file or --tls-dir" in capsys.readouterr().err
+
+
+def test_the_kubernetes_deployment_arguments_are_the_ones_serve_takes():
+    import yaml
+    path = os.path.join(os.path.dirname(__file__), "..", "deploy", "k8s",
+                        "controller-deployment.yaml")
+    with open(path) as handle:
+        deployment = next(d for d in yaml.safe_load_all(handle)
+                          if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = cli.build_parser(container["args"]).parse_args(container["args"])
+    assert args.func.__name__ == "serve_command"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(args.listen.rpartition(":")[2]) == ports["grpc"]
+    assert args.metrics_port == ports["metrics"]
+    assert args.token_file and args.runs_dir and args.agents.startswith("dns:///")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert args.runs_dir in mounts and os.path.dirname(args.token_file) in mounts
