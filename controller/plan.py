@@ -88,6 +88,10 @@ def _compose(text, marks, problems):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        if isinstance(exc, yaml.reader.ReaderError):
+            # A character YAML forbids: the reader gives an offset, not a mark.
+            line_start = text.rfind("\n", 0, exc.position) + 1
+            where = (text.count("\n", 0, exc.position) + 1, exc.position - line_start + 1)
         problem = getattr(exc, "problem", None) or str(exc)
         problems.append(PlanIssue(marks.filename, *where, "", f"YAML syntax: {problem}"))
         return None

@@ -102,3 +102,21 @@ def _numbers(mapping):
 def test_the_unmutated_examples_are_valid(path):
     with open(path) as f:
         assert isinstance(parse_plan(f.read(), path), Plan)
+
+
+FORBIDDEN = [chr(c) for c in [*range(0, 9), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xFFFE]]
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, database=None)
+@given(data=st.data())
+def test_a_character_yaml_forbids_is_located_at_its_line(data):
+    """Found by benchmarks/fuzz_long.py (atheris): YAML's reader refuses such characters
+    with an error that carries no mark, which became an issue at line 0."""
+    with open(data.draw(st.sampled_from(EXAMPLES))) as f:
+        text = f.read()
+    position = data.draw(st.integers(0, len(text)))
+    bad = data.draw(st.sampled_from(FORBIDDEN))
+    with pytest.raises(PlanError) as info:
+        parse_plan(text[:position] + bad + text[position:], "control.yaml")
+    line = text.count("\n", 0, position) + 1
+    assert [issue.line for issue in info.value.issues] == [line]
