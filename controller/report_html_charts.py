@@ -18,8 +18,12 @@ from loadgate.native.outcomes import ERRORS, Outcome
 TIME_LABEL = "time since the run began (s)"
 SPECTRUM_DECADES_MAX = 6  # 99.9999 %: beyond it no run here has the samples to say more
 SPECTRUM_STEPS_PER_DECADE = 20
+TARGET_DASHES = ("", "7 4", "2 3", "10 3 2 3")  # line style per target where colour is taken
 LINE_STYLES = (("2 3", 1.5), ("6 3", 1.8), ("", 2.2))  # dash and width per TIME_PERCENTILES
 ERROR_OUTCOMES = ERRORS + (Outcome.TIMEOUT,)
+OUTCOME_COLOURS = {Outcome.CLIENT_4XX: "#ff7f0e", Outcome.SERVER_5XX: "#c2185b",
+                   Outcome.CONNECT_ERROR: "#8c564b", Outcome.TIMEOUT: "#9467bd",
+                   Outcome.RESET: "#17becf", Outcome.PARSE_ERROR: "#7f7f7f"}
 STATE_COLOURS = {"SV": "#3a9d4f", "NSV": "#4f86c6", State.ZABLOKIROVANO: "#c0392b",
                  State.OZHIDAET: "#b0b0b0", State.OTKAT: "#ff7f0e", State.AVARIYA: "#7b0000"}
 TIMELINE_LEGEND = (
@@ -160,24 +164,25 @@ class ChartBuilder:
         counts = grouped_counts(self.data.counts)
         if not counts:
             return missing("no errors over time: the run journal holds no report")
-        seen = [o for o in ERROR_OUTCOMES
-                if any(c.by_target.get(n, {}).get(o) for c in counts for n in c.by_target)]
-        shown = seen or [Outcome.SERVER_5XX]
+        names = list(dict.fromkeys(n for c in counts for n in c.by_target))
+        seen = [(name, outcome) for name in names for outcome in ERROR_OUTCOMES
+                if any(c.by_target.get(name, {}).get(outcome) for c in counts)]
         series = []
-        for number, outcome in enumerate(shown):
+        for name, outcome in seen or [(names[0] if names else "all", Outcome.SERVER_5XX)]:
             points = [((c.start + c.end) / 2 - self.origin,
-                       sum(t.get(outcome, 0) for t in c.by_target.values()) / (c.end - c.start))
+                       c.by_target.get(name, {}).get(outcome, 0) / (c.end - c.start))
                       for c in counts]
-            series.append(Series(f"{outcome.label}/s", points,
-                                 PALETTE[(number + 1) % len(PALETTE)]))
+            series.append(Series(f"{name} {outcome.label}/s", points, OUTCOME_COLOURS[outcome],
+                                 TARGET_DASHES[names.index(name) % len(TARGET_DASHES)]
+                                 if name in names else ""))
         total = sum(completed(t) for c in counts for t in c.by_target.values())
         note = "" if seen else \
             f"<p class=\"note\">No errors: all {total:,} completed requests were 2xx/3xx.</p>"
         return note + self._timed("errors", "Errors by outcome class per interval",
                                   "errors per second", series,
-                                  "Requests per second ending in each error class "
-                                  "(4xx, 5xx, connect errors, timeouts, resets, parse "
-                                  "errors), all targets together.")
+                                  "Requests per second ending in each error class (4xx, "
+                                  "5xx, connect errors, timeouts, resets, parse errors) per "
+                                  "target: colour is the class, line style the target.")
 
     def gpu(self):
         samples = [(r, g) for r in self.data.telemetry for g in r.get("gpus", ())]

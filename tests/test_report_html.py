@@ -217,7 +217,7 @@ def test_readiness_report_draws_every_chart_from_the_run(readiness_dir):
         for label, count in summary["targets"][name]["requests"].items():
             assert int(by_target[name][header.index(label)].replace(",", "")) == count
     assert summary["targets"]["canary"]["requests"]["5xx"] > 0
-    assert page.charts["errors"]["series"]["5xx/s"] > 1
+    assert page.charts["errors"]["series"]["canary 5xx/s"] > 1
 
     telemetry = [json.loads(line) for line in open(readiness_dir / "load" / "telemetry.jsonl")]
     with_gpu = sum(1 for t in telemetry if t.get("gpus"))
@@ -255,7 +255,7 @@ def test_plain_load_run_without_readiness_or_gpu(load_dir):
     assert f"no GPU telemetry: {reason}" in page.all_text
     assert not any(key in page.charts for key in GPU_CHARTS + ("timeline",))
     errors = page.charts["errors"]["series"]
-    assert set(errors) == {f"{label}/s" for label in ("5xx", "reset")
+    assert set(errors) == {f"api {label}/s" for label in ("5xx", "reset")
                            if summary["targets"]["api"]["requests"][label]}
     assert summary["requests"]["errors"] > 0
     row = next(r for r in page.tables[-1][1:] if r[0] == "api")
@@ -319,7 +319,7 @@ def test_rolled_back_canary_shows_the_failure(rolled_back_dir):
         assert any(s.startswith(state) for s in spans), state
     assert "canary step 1 (50%): judged window: FAIL" in spans
     assert "canary step 1 (50%)" in page.charts["errors"]["bands"]
-    assert page.charts["errors"]["series"]["5xx/s"] > 1
+    assert page.charts["errors"]["series"]["canary 5xx/s"] > 1
     assert "(rolled back)" in page.all_text
 
 
