@@ -1,0 +1,197 @@
+"""A readiness run on this machine, from the plan to the verdict and every report.
+
+``run_readiness(plan, run_dir, ...)`` is what ``loadgate run`` does with a readiness plan
+(and what ``loadgate demo`` does with its own): it starts the plan's local agents when
+neither ``agents`` nor the plan name any, measures through them (runner_source), ticks the
+``Readiness`` orchestrator until the run ends, showing live progress, writes verdict.json,
+report.md, junit.xml and report.html, prints a short summary and returns the ``Verdict``.
+
+``resume=True`` takes over the run journaled in run_dir after its controller died: the
+plan comes from the journal, local agents the dead controller left are stopped (they are
+recorded in ``local-agents.json``) and fresh ones started, finished stages and canary steps
+are not repeated, and the load of the new controller goes to a fresh ``load-N`` directory so
+the dead one's measurements stay as they were.
+
+A readiness plan is one that declares ``gates:``: there is something to judge.  A plan without
+gates is a plain load run (``loadgate run`` without this module).
+"""
+import json
+import os
+import sys
+import time
+
+from loadgate.controller import verdict as verdict_module
+from loadgate.controller.gates import GateStatus
+from loadgate.controller.journal import JournalError, RecordKind, read_journal
+from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
+from loadgate.controller.plan import Plan
+from loadgate.controller.plan_types import GatesPlan
+from loadgate.controller.readiness import JOURNAL_NAME, Readiness
+from loadgate.controller.readiness_progress import ReadinessProgress, TrackedSource
+from loadgate.controller.verdict import ErrorKind, VerdictStatus
+from loadgate.native.errors import InfrastructureError, LoadgateError
+
+LOCAL_AGENTS_FILE = "local-agents.json"
+LOAD_DIR = "load"
+# Agents stop their load this long after losing the controller: short, because a killed
+# controller's load must not run on into the next controller's windows.
+LOCAL_DEAD_MAN = "3s"
+
+
+def is_readiness_plan(plan):
+    """Whether ``loadgate run`` judges plan through the readiness procedure."""
+    return plan.gates != GatesPlan()
+
+
+def is_readiness_run(run_dir):
+    """Whether run_dir holds a readiness journal (rather than a plain load run's)."""
+    try:
+        with open(os.path.join(run_dir, JOURNAL_NAME), "rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("kind") == RecordKind.PLAN.value
+
+
+def journaled_plan(run_dir):
+    """The plan the readiness run in run_dir executes."""
+    records = read_journal(os.path.join(run_dir, JOURNAL_NAME))
+    first = next(iter(records), None)
+    if first is None or first.get("kind") != RecordKind.PLAN.value:
+        raise JournalError(f"{run_dir} holds no readiness journal to resume")
+    return Plan.from_dict(first["plan"], first["source"])
+
+
+def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, workers=0,
+                  credentials=None, metadata=(), tick_s=0.25, out=None):
+    """Runs (or with resume=True, continues) the readiness run of plan in run_dir until it
+    ends; returns its Verdict.  ``agents`` (host:port list) overrides the plan's; with none
+    at all the plan's ``local_agents`` are started here and stopped at the end.  Raises
+    InfrastructureError (after writing an error verdict) when the agents cannot start."""
+    out = out or sys.stdout
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    if resume:
+        plan = journaled_plan(run_dir)
+        _stop_left_agents(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    load_dir = _fresh(os.path.join(run_dir, LOAD_DIR))
+    entries = list(agents or plan.agents)
+    local = None
+    if not entries:
+        local = LocalAgents(plan.local_agents, lambda index: _agent_log(load_dir, index),
+                            workers=workers or None, dead_man=LOCAL_DEAD_MAN)
+        try:
+            entries = local.start()
+        except InfrastructureError as exc:
+            if not resume:
+                verdict_module.write_error(run_dir, ErrorKind.INFRASTRUCTURE, str(exc),
+                                           {"id": plan.deployment.id})
+            raise
+        local.record(os.path.join(run_dir, LOCAL_AGENTS_FILE))
+    try:
+        return _drive(plan, run_dir, load_dir, entries, resume, progress, workers,
+                      credentials, metadata, tick_s, out)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _drive(plan, run_dir, load_dir, agents, resume, progress, workers, credentials, metadata,
+           tick_s, out):
+    from loadgate.controller.runner_source import AgentMeasurementSource
+    inner = AgentMeasurementSource(plan, agents, load_dir, workers_per_agent=workers,
+                                   credentials=credentials, metadata=metadata)
+    source = TrackedSource(inner)
+    try:
+        readiness = Readiness.resume(run_dir, source) if resume else \
+            Readiness(plan, run_dir, source)
+    except BaseException:
+        source.stop()
+        raise
+    view = ReadinessProgress(readiness, source, enabled=progress)
+    try:
+        with view:
+            while not readiness.tick().final:
+                view.update()
+                time.sleep(tick_s)
+    finally:
+        if not readiness.status.final:
+            # Interrupted: the load stops, the journal stays for ``--resume``.
+            source.stop()
+    verdict = readiness.verdict or verdict_module.load(run_dir)
+    html = _write_html(run_dir, load_dir, out)
+    print(render_summary(verdict, run_dir, html), end="", file=out)
+    return verdict
+
+
+def _write_html(run_dir, load_dir, out):
+    from loadgate.controller.report_html import write_report_html
+    try:
+        return write_report_html(run_dir, load_dir if os.path.isdir(load_dir) else None)
+    except (LoadgateError, OSError, ValueError) as exc:
+        # The verdict and report.md are written; a chart that cannot be drawn must not
+        # hide them.
+        print(f"loadgate: report.html not written: {exc}", file=out)
+        return None
+
+
+def render_summary(verdict, run_dir, html_path=None):
+    """The few lines a person reads at the end: verdict, the deciding gate, next steps and
+    where the reports are."""
+    lines = ["", f"Deployment {verdict.deployment.get('id')}: {verdict.status.value} "
+                 f"{verdict.marker}",
+             f"Recommendation: {verdict.recommendation}"]
+    deciding = [g for g in verdict.gates if g.status is not GateStatus.PASS] \
+        if verdict.status is not VerdictStatus.PASS else []
+    for gate in deciding[:4]:
+        lines.append(f"  {gate.status.value} {gate.name} in {gate.window}: "
+                     f"measured {_figure(gate.measured, gate.unit)} against "
+                     f"{_figure(gate.threshold, gate.unit)} ({gate.samples} samples)")
+    rolled = [s for s in verdict.steps if s.get("phase") == "canary"]
+    if rolled:
+        last = rolled[-1]
+        lines.append(f"Canary: {len(rolled)} step(s) judged, last {last['window']} "
+                     f"{last['status']}" + (", rolled back" if any(
+                         s.get("rolled_back") for s in verdict.stages) else ""))
+    if verdict.status is VerdictStatus.PASS:
+        passed = len(verdict.gates)
+        lines.append(f"Every gate passed ({passed} judged).")
+    lines += [f"Reason: {reason}" for reason in verdict.reasons[:3]]
+    if verdict.next_steps:
+        lines.append("Next Steps:")
+        lines += [f"  {n}. {step}" for n, step in enumerate(verdict.next_steps, 1)]
+    lines.append("Reports:")
+    for name in ("report.md", "report.html", "verdict.json", "junit.xml"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            lines.append(f"  {path}")
+    lines.append(f"Check it in CI: loadgate gate check {run_dir}")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(value, unit):
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.4g} {unit}".rstrip()
+
+
+def _stop_left_agents(run_dir):
+    recorded = os.path.join(run_dir, LOCAL_AGENTS_FILE)
+    if os.path.exists(recorded):
+        AdoptedAgents(recorded).stop()
+        os.remove(recorded)
+
+
+def _agent_log(load_dir, index):
+    folder = os.path.join(load_dir, "agents")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"agent-{index}.log")
+
+
+def _fresh(path):
+    # A resumed run measures anew: the load of an earlier controller keeps its directory.
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
