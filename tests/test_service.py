@@ -5,9 +5,13 @@ import threading
 import grpc
 import pytest
 
+from loadgate.controller.plan import parse_plan
+from loadgate.controller.runner_source import AgentMeasurementSource
+from loadgate.controller.service import serve_run
+from loadgate.controller.service_runs import ManagedRun
 from loadgate.controller.states import TITLES, Node, State
 from loadgate.native._hdr import Histogram
-from loadgate.proto.loadgate.v1 import controller_pb2
+from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
 from test_service_support import (RUN_TIMEOUT_S, Bench, Served, journal_records,
                                   journal_transitions)
 
@@ -228,3 +232,30 @@ def test_abort_stops_a_measuring_run_and_list_runs_shows_it(bench, served):
     with pytest.raises(grpc.RpcError) as missing:
         served.stub.GetRun(controller_pb2.GetRunRequest(run_id="no-such-run"))
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_serve_run_exposes_one_run_driven_by_its_caller(bench, tmp_path):
+    """What `loadgate run` does to be watchable: its ManagedRun, served on its own."""
+    plan = parse_plan(bench.plan_text(), "plan.yaml")
+    run_dir = tmp_path / "runs" / "local-run"
+    source = AgentMeasurementSource(plan, [bench.agent.address], str(run_dir / "load"))
+    managed = ManagedRun("local-run", plan, run_dir, source)
+    server = serve_run(managed, "127.0.0.1:0")
+    channel = grpc.insecure_channel(server.address)
+    try:
+        stub = controller_pb2_grpc.ControllerStub(channel)
+        watcher = stub.WatchRun(controller_pb2.WatchRunRequest(), timeout=RUN_TIMEOUT_S)
+        assert next(watcher).snapshot.run_id == "local-run"
+        managed.start()
+        events = list(watcher)
+        assert managed.wait(RUN_TIMEOUT_S).final
+        assert events[-1].finished.verdict == stub.GetRun(
+            controller_pb2.GetRunRequest(run_id="local-run")).verdict != ""
+        assert [r.run_id for r in stub.ListRuns(controller_pb2.ListRunsRequest()).runs] == [
+            "local-run"]
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SubmitPlan(controller_pb2.SubmitPlanRequest(plan_yaml=bench.plan_text()))
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        channel.close()
+        server.stop()
