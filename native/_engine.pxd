@@ -69,6 +69,7 @@ cdef class WorkerEngine:
     cdef Py_ssize_t batch_pos, batch_len, batch_size
     cdef int timer_fd
     cdef int64_t start_mono, end_mono, timeout_ns, window_ns
+    cdef int64_t early_ns, wake_target
     cdef bint open_loop, generating, started
     cdef Py_ssize_t closed_users
     cdef double think_time_s

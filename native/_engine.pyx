@@ -2,7 +2,8 @@
 """The open-loop HTTP/1.1 engine's hot path, one instance per worker process.
 
 Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival (plus
-the pacing window, zero by default) is watched by uvloop like a socket; on wake-up every arrival that is due goes out, and one due
+the pacing window, zero by default, minus the median wake-up latency measured as it runs) is
+watched by uvloop like a socket; on wake-up every arrival that is due goes out, and one due
 within SPIN_NS is waited for by spinning rather than by another sleep.  Re-arming a timerfd
 clears its expiry count, so the descriptor is only read when it is not re-armed (one system
 call per wake-up saved).  Each arrival picks a
@@ -54,6 +55,9 @@ cdef extern from "lg_pacer.h" nogil:
 # A wake-up from epoll costs about 15 us of CPU on a virtual machine; spinning through a
 # shorter gap is cheaper and exact.
 DEF SPIN_NS = 15000
+# Bounds and step of the early wake-up that absorbs the timer's own latency.
+DEF EARLY_MAX_NS = 100000
+DEF EARLY_STEP_NS = 500
 # Batches from the schedule cursor are sized to cover about this long, so a live rate change
 # takes effect within it while batch overhead stays negligible at high rates.
 DEF BATCH_SPAN_MIN_NS = 20000000
@@ -106,6 +110,7 @@ cdef class WorkerEngine:
         self.timeout_ns = <int64_t> (timeout_s * 1e9)
         self.window_ns = <int64_t> (pacing_window_s * 1e9)
         self.timer_fd = -1
+        self.early_ns = self.wake_target = 0
         self.batch_size = 16
         self.batch_pos = self.batch_len = 0
         self.generating = self.started = self.users_started = self.stopped = False
@@ -225,8 +230,15 @@ cdef class WorkerEngine:
         if not self.generating:
             lg_pacer_consume(self.timer_fd)
             return
-        self.harvest()
         now = lg_pacer_now_ns()
+        if self.wake_target:
+            # Track the median wake-up latency: arming that much early lands half the wake-ups
+            # just before their send (a short spin) and half just after (a short lag).
+            if now < self.wake_target:
+                self.early_ns = max(self.early_ns - EARLY_STEP_NS, 0)
+            else:
+                self.early_ns = min(self.early_ns + EARLY_STEP_NS, EARLY_MAX_NS)
+            self.wake_target = 0
         if not self.open_loop:
             if now >= self.end_mono:
                 self.end_generation()
@@ -243,11 +255,14 @@ cdef class WorkerEngine:
                 self.end_generation()
                 return
             due = self.start_mono + self.batch[self.batch_pos]
-            if due > now + SPIN_NS:
+            if due - self.early_ns > now + SPIN_NS:
                 # With a pacing window the wake-up comes up to a window late and takes every
                 # arrival due by then: fewer wake-ups, lag up to the window (wrk2 uses 1 ms).
-                lg_pacer_arm(self.timer_fd, due + self.window_ns)
+                self.wake_target = due + self.window_ns
+                lg_pacer_arm(self.timer_fd, self.wake_target - self.early_ns)
                 self.watch_harvest(due - now > HARVEST_WAKE_NS + self.window_ns)
+                # Responses are read after the sends, which should not wait for them.
+                self.harvest()
                 return
             if due > now:
                 now = lg_pacer_spin_until(due)
@@ -288,6 +303,9 @@ cdef class WorkerEngine:
         cdef Connection conn
         self.intended += 1
         self.dispatched += 1
+        if not target.idle:
+            # Answers not read yet may free a connection.
+            self.harvest()
         if target.idle:
             conn = target.idle.pop()
             conn.send(intended, now)

@@ -84,8 +84,8 @@ def _stall_truth_us(offsets_ns, start_mono, epoch, every_ns, for_ns):
 
 @pytest.mark.slow
 def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_them():
-    # A pool capped at 6 connections makes the generator coordinate with the stalled target:
-    # requests queue behind the stall and then meet a fast server, so service time looks
+    # A pool capped at 20 connections makes the generator coordinate with the stalled target:
+    # most requests queue behind the stall and then meet a fast server, so service time looks
     # fine.  Latency, counted from each request's intended instant, must still see the stall.
     # Long stalls keep 3 % of the truth's percentiles (~25 ms) above the scheduling noise of a
     # busy host, where the target itself may answer a few milliseconds after a stall ends.
@@ -95,7 +95,7 @@ def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_
         epoch = target_stats(url)["epoch_monotonic_ns"]
         start_at = time.time_ns() + 1_500_000_000
         start_mono = monotonic_ns() + (start_at - time.time_ns())
-        result = run_once(config(url + "/", schedule, connections=6, max_connections=6),
+        result = run_once(config(url + "/", schedule, connections=20, max_connections=20),
                           workers=1, start_at_ns=start_at)
     total = result.totals.combined()
     assert outcome_counts(total) == {Outcome.OK_2XX: 360}
@@ -106,7 +106,8 @@ def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_
         expected = truth.value_at_percentile(percentile)
         assert abs(measured - expected) <= 0.03 * expected, (percentile, measured, expected)
     assert total.late > 0
-    assert total.service_time.value_at_percentile(90.0) * 10 < total.latency.value_at_percentile(90.0)
+    # only the 20 requests in flight when a stall begins wait in service; the rest queued
+    assert total.service_time.value_at_percentile(75.0) * 10 < total.latency.value_at_percentile(75.0)
 
 
 def test_weighted_split_is_exact_per_target(tmp_path):
