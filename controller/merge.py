@@ -198,13 +198,13 @@ class IntervalMerger:
         self._released = 0  # every index below this has been handed out
 
     def add(self, interval):
-        """Merges one checked report: returns (the intervals that became complete, why the
-        report was refused or None).  A refused report still counts as the agent's report of
-        its interval, so nobody waits for it."""
+        """Merges one checked report; returns the intervals that became complete.  A report
+        whose histograms do not decode is refused (``interval.refused`` says why) and still
+        counts as the agent's report of its interval, so nobody waits for it."""
         offset = self.offsets_ns.get(interval.agent_id, 0)
         if interval.index < self._released:
             merged = MergedInterval.empty(interval.index, self.target_names, self.layout)
-            problem = merged.add_agent(interval, offset)
+            interval.refused = merged.add_agent(interval, offset)
             merged.agents = tuple(merged.agents)
             merged.correction = True
             self._count(merged)
@@ -214,11 +214,11 @@ class IntervalMerger:
             if merged is None:
                 merged = MergedInterval.empty(interval.index, self.target_names, self.layout)
                 self._pending[interval.index] = merged
-            problem = merged.add_agent(interval, offset)
+            interval.refused = merged.add_agent(interval, offset)
             ready = []
         if interval.final:
             self._last_index[interval.agent_id] = interval.index
-        return ready + self._take_complete(), problem
+        return ready + self._take_complete()
 
     def agent_gone(self, agent_id):
         """Stops waiting for an agent (lost); returns the intervals that became complete."""
@@ -359,3 +359,11 @@ class AgentTotals:
         if interval.final:
             self.finished = True
             self.scheduled_total = interval.scheduled_total
+
+
+def __getattr__(name):
+    # Report checking moved to runner_reports; code that imported it from here still works.
+    if name in ("AgentStream", "HistogramLayout", "Rejection", "RejectReason"):
+        from loadgate.controller import runner_reports
+        return getattr(runner_reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -89,13 +89,13 @@ class ReportIngest:
         return (self.rejections[-1] if len(self.rejections) > refused else result), ready
 
     def _merge_one(self, interval, journaled=False):
-        ready, problem = self.merger.add(interval)
-        if problem is None:
+        ready = self.merger.add(interval)
+        if interval.refused is None:
             self.totals.add(interval)
             return ready
         self.totals.discard(interval)
         rejection = Rejection(interval.agent_id, interval.seq, interval.index,
-                              RejectReason.BAD_HISTOGRAM, problem)
+                              RejectReason.BAD_HISTOGRAM, interval.refused)
         self.rejections.append(rejection)
         if not journaled:
             self.journal.append(RecordKind.DISCARDED, **rejection.to_dict())

@@ -86,6 +86,7 @@ class AgentInterval:
     telemetry: list  # TelemetrySample messages
     final: bool
     scheduled_total: int
+    refused: str = None  # set by the merge when its histograms did not decode
 
 
 class AgentStream:
