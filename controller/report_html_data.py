@@ -13,6 +13,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from loadgate.controller import journal as readiness_journal
 from loadgate.controller import run_journal
 from loadgate.controller.merge import OUTCOME_OF_WIRE, Metric
@@ -309,23 +311,34 @@ def _point(start, end, histogram):
 
 
 def _read_counts(data, load, first_hlog_start, where):
-    """Outcome counts per interval from the accepted reports the run journal holds."""
+    """Outcome counts per interval from the reports the run merged: every journaled REPORT
+    that no later DISCARDED record took back."""
     path = os.path.join(load.path, JOURNAL)
     start_ns = None
-    by_index = {}
+    reports = {}  # (agent_id, seq) -> REPORT record
+    kind = run_journal.RecordKind
     try:
-        for kind, record in run_journal.read_journal(path):
-            if kind is run_journal.RecordKind.STARTED:
+        for what, record in run_journal.read_journal(path):
+            if what is kind.STARTED:
                 start_ns = record["start_ns"]
-            elif kind is run_journal.RecordKind.FINISHED:
+            elif what is kind.FINISHED:
                 load.status = record.get("status")
-            elif kind is run_journal.RecordKind.REPORT:
-                _count_report(by_index, run_journal.report_payload(record))
+            elif what is kind.REPORT:
+                reports[record["agent_id"], record["seq"]] = record
+            elif what is kind.DISCARDED:
+                reports.pop((record["agent_id"], record["seq"]), None)
     except FileNotFoundError:
         data.missing.append(f"{where}no run journal: no throughput or error counts over time")
         return
     except (OSError, LoadgateError, ValueError, KeyError) as exc:
         data.missing.append(f"{where}the run journal is damaged ({exc}); counts stop there")
+    by_index = {}
+    for (agent_id, seq), record in reports.items():
+        try:
+            _count_report(by_index, run_journal.report_payload(record))
+        except (DecodeError, ValueError):
+            data.missing.append(f"{where}report {agent_id}#{seq} in the run journal does not "
+                                "decode: its requests are not counted")
     if load.status is None:
         load.status = "in progress (no finished record)"
     if not by_index:

@@ -18,14 +18,19 @@ from html.parser import HTMLParser
 import pytest
 
 from agent_helpers import start_agent
+from loadgate.controller.merge import OUTCOME_OF_WIRE
 from loadgate.controller.plan import load_plan
 from loadgate.controller.readiness import Readiness
 from loadgate.controller.report_html import render_report_html, write_report_html
+from loadgate.controller.run_journal import (
+    RecordKind, RunJournal, read_journal, report_fields, report_payload)
 from loadgate.controller.runner import DistributedRun
+from loadgate.controller.runner_reports import RejectReason, Rejection
 from loadgate.controller.runner_source import AgentMeasurementSource
 from loadgate.controller.runner_spec import TargetDefinition
 from loadgate.controller.verdict import RunStatus
 from loadgate.native.target import start_target_process, stop_target_process
+from loadgate.proto.loadgate.v1 import common_pb2
 from test_controller_run import FAKE_GPU, definition, real_agents, real_target, run_to_end
 
 TIME_CHARTS = ("latency", "throughput", "errors")
@@ -374,6 +379,35 @@ def test_a_resumed_run_draws_every_load_dir(readiness_dir, load_dir, tmp_path):
     header = page.tables[-1][0]
     assert int(outcomes["api"][header.index("5xx")].replace(",", "")) == \
         second["targets"]["api"]["requests"]["5xx"]
+
+
+@pytest.mark.slow
+def test_discarded_and_undecodable_reports_are_not_counted(load_dir, tmp_path):
+    """Counts follow the merge: a REPORT the controller later DISCARDED (its histograms did
+    not decode) is out, and a payload that is no IntervalReport is named, not fatal."""
+    copy = tmp_path / "run"
+    shutil.copytree(load_dir, copy)
+    before = Page(render_report_html(copy)).tables[-1]
+    records = [r for kind, r in read_journal(copy / "journal.jsonl")
+               if kind is RecordKind.REPORT]
+    victim = max(records, key=lambda r: len(r["report"]))
+    report = common_pb2.IntervalReport.FromString(report_payload(victim))
+    journal = RunJournal(copy / "journal.jsonl")
+    journal.append(RecordKind.DISCARDED, **Rejection(
+        victim["agent_id"], victim["seq"], victim["index"], RejectReason.BAD_HISTOGRAM,
+        "test: histograms taken back").to_dict())
+    journal.append(RecordKind.REPORT, **report_fields(victim["agent_id"], 999, 0, b"\xff\x01"))
+    journal.close()
+    page = Page(render_report_html(copy))
+    after = page.tables[-1]
+    header = before[0]
+    for outcome in report.targets[0].outcomes:
+        label = OUTCOME_OF_WIRE[outcome.outcome].label
+        column = header.index(label)
+        assert int(before[1][column].replace(",", "")) - outcome.count == \
+            int(after[1][column].replace(",", ""))
+    assert f"report {victim['agent_id']}#999 in the run journal does not decode" in \
+        page.all_text
 
 
 def cut_journal(path):
