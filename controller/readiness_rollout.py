@@ -28,37 +28,45 @@ class RolloutMixin:
     deploying = False
 
     def judge_window(self, window, weights, rate, min_s, max_s, judged, pair, gates=None):
-        """Generator: opens a window and judges it every tick until a decision.
+        """Generator: opens a window and judges it at its looks until a decision.
 
-        Returns (status, results, measurement): FAIL as soon as a gate fails; PASS once every
-        gate passes and the measurement covers min_s; whatever the gates say once it covers
-        max_s.  Coverage is the measured time the source reports, not the clock: agents'
-        reports arrive late under load, and a window must not close before its data.  A source
-        that falls further behind than report_grace_s is judged on what it has.
+        Returns (status, results, measurement): FAIL as soon as a look finds a gate failed;
+        PASS at the first look where every gate passes and the measurement covers min_s;
+        whatever the gates say once it covers max_s.  Each gate holds its confidence for one
+        look, so looking at every tick of a 24-hour window would all but guarantee a false
+        FAIL; the window is looked at only when its samples have doubled since the last look,
+        when it first covers min_s, and at max_s: about log2(samples) looks in all.
+        Coverage is the measured time the source reports, not the clock: agents' reports
+        arrive late under load, and a window must not close before its data.  A source that
+        falls further behind than the grace below is judged on what it has.
         """
         self.source.start_window(weights, rate)
         start = self.clock()
         gates = gates or self.plan.gates
         grace = max(5.0, 4 * self.plan.load.interval_s)
-        last = None
+        next_look, held = 1, False
         while True:
             yield from self._pause()
             measurement = self.source.collect()
             elapsed = self.clock() - start
             covered = measurement.duration_s
+            samples = sum(measurement.targets[name].latency.total_count for name in judged)
+            final = covered >= max_s or elapsed >= max_s + grace
+            first_hold = covered >= min_s and not held
+            if not (final or first_hold or samples >= next_look):
+                continue
+            held = held or covered >= min_s
+            next_look = max(2 * samples, 1)
             results = evaluate(gates, measurement, window, judged, *pair,
                                gpu_unavailable=self.gpu_unavailable)
             status = combine(results)
-            if status is not last:
-                self.journal.append({
-                    "kind": RecordKind.STEP.value, "time": self.clock(),
-                    "phase": StepPhase.EVALUATION.value, "window": window,
-                    "status": status.value, "elapsed": elapsed, "covered": covered,
-                    "samples": {name: t.latency.total_count
-                                for name, t in measurement.targets.items()}})
-                last = status
-            if status is GateStatus.FAIL or covered >= max_s or elapsed >= max_s + grace or (
-                    status is GateStatus.PASS and covered >= min_s):
+            self.journal.append({
+                "kind": RecordKind.STEP.value, "time": self.clock(),
+                "phase": StepPhase.EVALUATION.value, "window": window,
+                "status": status.value, "elapsed": elapsed, "covered": covered,
+                "samples": {name: t.latency.total_count
+                            for name, t in measurement.targets.items()}})
+            if status is GateStatus.FAIL or final or (status is GateStatus.PASS and held):
                 return status, results, measurement
 
     def _finished_steps(self, phase):
