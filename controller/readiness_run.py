@@ -17,6 +17,7 @@ gates is a plain load run (``loadgate run`` without this module).
 """
 import json
 import os
+import signal
 import sys
 import time
 
@@ -36,6 +37,7 @@ LOAD_DIR = "load"
 # Agents stop their load this long after losing the controller: short, because a killed
 # controller's load must not run on into the next controller's windows.
 LOCAL_DEAD_MAN = "3s"
+RESUME_WARMUP_S = 2.0
 
 
 def is_readiness_plan(plan):
@@ -60,6 +62,40 @@ def journaled_plan(run_dir):
     if first is None or first.get("kind") != RecordKind.PLAN.value:
         raise JournalError(f"{run_dir} holds no readiness journal to resume")
     return Plan.from_dict(first["plan"], first["source"])
+
+
+def wants_readiness(args):
+    """Whether ``loadgate run`` args name a readiness plan or a readiness run to resume."""
+    if args.resume:
+        return is_readiness_run(args.resume)
+    from loadgate.controller.plan import load_plan
+    return is_readiness_plan(load_plan(args.plan))
+
+
+def run_command(args, agents, credentials, metadata):
+    """``loadgate run`` of a readiness plan (or ``--resume`` of a readiness run); returns
+    ``loadgate gate check``'s exit code for the run."""
+    if args.resume:
+        run_dir, plan = args.resume, None
+    else:
+        from loadgate.controller.plan import load_plan
+        plan = load_plan(args.plan)
+        run_id = f"readiness-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
+        run_dir = args.run_dir or os.path.join("runs", run_id)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_readiness(plan, run_dir, agents=agents, progress=not args.no_progress,
+                      resume=bool(args.resume), workers=args.workers,
+                      credentials=credentials, metadata=metadata)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from loadgate.controller.gate_cli import check
+    return int(check(run_dir)[0])
+
+
+def _interrupt(signum, frame):
+    # SIGTERM ends the run as Ctrl-C does: load stopped, agents stopped, journal kept.
+    raise KeyboardInterrupt
 
 
 def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, workers=0,
@@ -108,6 +144,8 @@ def _drive(plan, run_dir, load_dir, agents, resume, progress, workers, credentia
     except BaseException:
         source.stop()
         raise
+    if resume and not readiness.status.final:
+        _warm_up(plan, source)
     view = ReadinessProgress(readiness, source, enabled=progress)
     try:
         with view:
@@ -122,6 +160,15 @@ def _drive(plan, run_dir, load_dir, agents, resume, progress, workers, credentia
     html = _write_html(run_dir, load_dir, out)
     print(render_summary(verdict, run_dir, html), end="", file=out)
     return verdict
+
+
+def _warm_up(plan, source):
+    # A resumed run measures on fresh agents and connections, whose first second is slower
+    # than the rest; the step it resumes must not be judged on that.  Every target gets its
+    # share so none is cold when the step's window opens.
+    share = 1.0 / len(plan.targets)
+    source.start_window({t.name: share for t in plan.targets}, plan.load.rate)
+    time.sleep(plan.load.warmup_s or RESUME_WARMUP_S)
 
 
 def _write_html(run_dir, load_dir, out):

@@ -3,6 +3,10 @@
 With no agents (neither ``--agents`` nor ``agents:`` in the plan) it starts the plan's
 ``local_agents`` agents on loopback itself.  Exit status: 0 when the run completed, 2 when it
 was stopped or aborted, 4 when it failed (no agent finished), 3 for a bad plan.
+
+A readiness plan (one that declares ``gates:``), or ``--resume`` of a readiness run, goes
+through the whole readiness procedure instead (readiness_run): verdict.json, report.md,
+junit.xml and report.html, with ``loadgate gate check``'s exit status.
 """
 import asyncio
 import os
@@ -13,6 +17,7 @@ from dataclasses import replace
 
 import grpc
 
+from loadgate.controller import readiness_run
 from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
 from loadgate.controller.rundir import RunDir
 from loadgate.controller.runner import DistributedRun
@@ -52,6 +57,9 @@ def run_command(args):
     if not args.plan and not args.resume:
         raise ConfigError("give a PLAN, or --resume DIR")
     credentials, metadata = _security(args)
+    if readiness_run.wants_readiness(args):
+        agents = _agent_list(args.agents) if args.agents else None
+        return readiness_run.run_command(args, agents, credentials, metadata)
     return asyncio.run(_main(args, credentials, metadata))
 
 

@@ -1,0 +1,155 @@
+"""``loadgate run`` of a readiness plan, and ``--resume`` of one whose controller was killed.
+
+Real parts only: two ``loadgate target`` processes on loopback, the local agent that
+``loadgate run`` starts itself, the controller as a process killed with SIGKILL mid-ramp.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from loadgate.controller import gate_cli
+from loadgate.controller.plan import parse_plan
+from loadgate.controller.readiness_run import (
+    LOCAL_AGENTS_FILE, is_readiness_plan, is_readiness_run, render_summary)
+from loadgate.controller.verdict import load
+from loadgate.native.target import start_target_process, stop_target_process
+
+LATENCY = ["--latency", "lognormal:20ms:0.2"]
+CLI = [sys.executable, "-m", "loadgate.controller.cli"]
+
+
+def plan_text(baseline_url, canary_url, hold="2s", steps="[5, 25, 50, 100]", gates=True):
+    gates_section = """\
+        gates:
+          latency: {p95: 200ms}
+          error_rate: 2%
+          relative: {test: mann-whitney, min_effect: 15%, ratios: {p50: 1.3, p99: 2}}
+        """ if gates else "downtime_window: {start: '2025-01-01T00:00:00+00:00', " \
+                          "end: '2025-01-01T01:00:00+00:00'}\n"
+    return textwrap.dedent(f"""\
+        apiVersion: loadgate/v1
+        deployment: {{id: RUN-READINESS, type: FEATURE, risk: LOW, environment: DEV,
+                     strategy: {"CANARY" if gates else "BIG-BANG"}}}
+        targets:
+          - {{name: baseline, url: "{baseline_url}", role: baseline}}
+          - {{name: canary, url: "{canary_url}", role: canary, weight: 0}}
+        load: {{rate: 400, duration: 2s, connections: 32, interval: 500ms, timeout: 2s}}
+        canary: {{steps: {steps}, hold: {hold}, max_hold: 30s}}
+        monitoring: {{post_deploy_window: 2s}}
+        """) + textwrap.dedent(gates_section)
+
+
+@pytest.fixture(scope="module")
+def targets():
+    baseline = start_target_process(LATENCY + ["--seed", "1"])
+    canary = start_target_process(LATENCY + ["--seed", "2"])
+    try:
+        yield (f"http://{baseline[1]}:{baseline[2]}", f"http://{canary[1]}:{canary[2]}")
+    finally:
+        stop_target_process(canary[0])
+        stop_target_process(baseline[0])
+
+
+def records(run_dir):
+    with open(os.path.join(run_dir, "journal.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.endswith("\n")]
+
+
+def canary_steps(run_dir):
+    return [(r["index"], r["weight"], r["status"]) for r in records(run_dir)
+            if r["kind"] == "step" and r.get("phase") == "canary"]
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_plan_with_gates_is_a_readiness_plan_and_one_without_is_a_load_run():
+    with_gates = parse_plan(plan_text("http://127.0.0.1:1", "http://127.0.0.1:2"))
+    without = parse_plan(plan_text("http://127.0.0.1:1", "http://127.0.0.1:2", gates=False))
+    assert is_readiness_plan(with_gates)
+    assert not is_readiness_plan(without)
+
+
+def test_only_a_readiness_journal_is_resumed_as_a_readiness_run(tmp_path):
+    assert not is_readiness_run(str(tmp_path))
+    (tmp_path / "journal.jsonl").write_text('{"kind": "run", "time": 1}\n')
+    assert not is_readiness_run(str(tmp_path))
+    (tmp_path / "journal.jsonl").write_text('{"kind": "plan", "time": 1, "plan": {}}\n')
+    assert is_readiness_run(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_loadgate_run_of_a_readiness_plan_writes_the_verdict_and_reports(tmp_path, targets):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(*targets, steps="[25, 100]"))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(CLI + ["run", str(plan), "--run-dir", str(run_dir), "--workers",
+                                   "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("verdict.json", "report.md", "junit.xml", "report.html"):
+        assert (run_dir / name).stat().st_size > 0, name
+    verdict = load(str(run_dir))
+    assert verdict.status.value == "PASS"
+    assert canary_steps(run_dir) == [(0, 25, "PASS"), (1, 100, "PASS")]
+    assert "Recommendation: DEPLOY" in result.stdout and str(run_dir / "report.html") in \
+        result.stdout
+    # Without a terminal the progress is one line per transition, on stderr.
+    assert "deployment.staging: NSV:VYPOLNYAETSYA -> NSV:TESTIRUYETSYA" in result.stderr
+    check = subprocess.run(CLI + ["gate", "check", str(run_dir)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 == result.returncode, check.stdout
+    assert not os.path.exists(run_dir / "load" / "summary.json") or \
+        json.loads((run_dir / "load" / "summary.json").read_text())["status"] != "failed"
+    assert render_summary(verdict, str(run_dir)).count("\n") > 4
+
+
+@pytest.mark.slow
+def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, targets):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(*targets, hold="2s", steps="[25, 50, 100]"))
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(CLI + ["run", str(plan), "--run-dir", str(run_dir), "--workers",
+                                    "1", "--no-progress"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and first.poll() is None:
+            if os.path.exists(run_dir / "journal.jsonl") and \
+                    [s[:2] for s in canary_steps(run_dir)] == [(0, 25)]:
+                break
+            time.sleep(0.05)
+        assert canary_steps(run_dir) == [(0, 25, "PASS")], "the first step never finished"
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(30)
+    left = json.loads((run_dir / LOCAL_AGENTS_FILE).read_text())["pids"]
+    assert left and all(alive(pid) for pid in left)  # their own session: SIGKILL spared them
+    killed_at = len(records(run_dir))
+    assert not (run_dir / "verdict.json").exists()
+
+    resumed = subprocess.run(CLI + ["run", "--resume", str(run_dir), "--workers", "1"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not any(alive(pid) for pid in left)
+    steps = canary_steps(run_dir)
+    assert steps == [(0, 25, "PASS"), (1, 50, "PASS"), (2, 100, "PASS")]
+    after = records(run_dir)[killed_at:]
+    # Nothing before the ramp ran again: no infrastructure, performance or monitoring work.
+    assert not [r for r in after if r["kind"] == "transition" and
+                not r["node"].startswith("deployment")]
+    assert not [r for r in after if r["kind"] == "step" and r.get("weight") == 25]
+    assert os.path.isdir(run_dir / "load") and os.path.isdir(run_dir / "load-2")
+    assert load(str(run_dir)).status.value == "PASS"
+    assert gate_cli.check(str(run_dir))[0] is gate_cli.ExitCode.PASS
+    assert (run_dir / "report.html").exists()
