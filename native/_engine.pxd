@@ -27,6 +27,7 @@ cdef class PendingQueue:
     cdef int64_t peek(self) noexcept
 
 
+# One target as one worker sees it: pool, queue, histograms (us) and outcome counters.
 cdef class TargetState:
     cdef readonly str name
     cdef readonly str host
@@ -42,24 +43,33 @@ cdef class TargetState:
     cdef int64_t counts[LG_OUTCOME_COUNT]
     cdef int64_t sent, late, bytes_read
     cdef double weight, credit
+    # The next raw request of the rotation.
     cdef bytes next_request_bytes(self)
 
 
+# One keep-alive connection (an asyncio protocol); at most one request in flight.
 cdef class Connection:
     cdef WorkerEngine engine
     cdef TargetState target
     cdef object transport
     cdef object parser
     cdef bint busy, closed
+    # The socket while its answers are harvested (lg_harvest.h), else -1.
     cdef int fd
     cdef int64_t intended, sent_at
+    # Writes the next request for an arrival due at ``intended``; the engine calls it.
     cdef void send(self, int64_t intended, int64_t now) except *
+    # Feeds bytes that arrived at ``rx_ns`` (monotonic) to the response parser.
     cdef void received(self, bytes data, int64_t rx_ns) except *
+    # The harvest saw end of stream or an error: the request in flight is a RESET.
     cdef void peer_closed(self) except *
+    # Closes (or aborts) the transport, leaving the harvest first.
     cdef void close_transport(self, bint abort) except *
+    # Ends the request in flight with ``outcome`` at ``now``, recording service time.
     cdef void end_request(self, int outcome, int64_t now) except *
 
 
+# One shard of a schedule against its targets on the worker's uvloop.
 cdef class WorkerEngine:
     cdef object loop
     cdef list targets
@@ -70,13 +80,12 @@ cdef class WorkerEngine:
     cdef int timer_fd
     cdef int64_t start_mono, end_mono, timeout_ns, window_ns
     cdef int64_t early_ns, wake_target
-    cdef bint open_loop, generating, started
+    cdef bint open_loop, generating, started, users_started, stopped
     cdef Py_ssize_t closed_users
     cdef double think_time_s
-    cdef int64_t intended, dispatched, timer_wakeups
+    cdef int64_t intended, dispatched, unscheduled
     cdef object on_drained
     cdef object sweep_handle
-    cdef bint users_started, stopped
     # Responses read without a wake-up of their own (lg_harvest.h): fd -> Connection.
     cdef int harvest_fd
     cdef dict harvested
@@ -84,16 +93,26 @@ cdef class WorkerEngine:
     cdef int64_t rx_ns
     cdef char* recv_buffer
     cdef int ready_fds[256]
+    # Lets uvloop wake the engine for answers (wanted) or leaves them to the pacer.
     cdef void watch_harvest(self, bint wanted) except *
+    # Reads every answer that has arrived, with its kernel receive time.
     cdef void harvest(self) except *
-    cdef int64_t unscheduled
+    # Loads the next batch of arrivals; False once the schedule is exhausted.
     cdef bint refill(self) except -1
+    # No more arrivals: what is in flight drains, then on_drained is called.
     cdef void end_generation(self) except *
+    # A connect failed: the longest-waiting request without a connect of its own fails.
     cdef void connect_failed(self, TargetState target) except *
+    # The next target of the weighted split (smooth weighted round-robin).
     cdef TargetState pick_target(self)
+    # Sends an arrival due at ``intended`` now, or queues it (late) for a free connection.
     cdef void dispatch(self, int64_t intended, int64_t now) except *
+    # A connection is free: it takes the oldest queued request or goes idle.
     cdef void connection_free(self, Connection conn) except *
+    # Opens connections for queued requests, up to the target's cap.
     cdef void ensure_capacity(self, TargetState target) except *
+    # Records one request's outcome and latency; a closed loop issues its next request.
     cdef void finish(self, TargetState target, int outcome, int64_t intended, int64_t sent_at,
                      int64_t now) except *
+    # Calls on_drained once generation has ended and nothing is outstanding.
     cdef void check_drained(self) except *

@@ -114,7 +114,7 @@ cdef class WorkerEngine:
         self.batch_size = 16
         self.batch_pos = self.batch_len = 0
         self.generating = self.started = self.users_started = self.stopped = False
-        self.intended = self.dispatched = self.timer_wakeups = self.unscheduled = 0
+        self.intended = self.dispatched = self.unscheduled = 0
         self.on_drained = None
         self.sweep_handle = None
         self.harvested = {}
@@ -226,7 +226,6 @@ cdef class WorkerEngine:
 
     def _on_timer(self):
         cdef int64_t now, due
-        self.timer_wakeups += 1
         if not self.generating:
             lg_pacer_consume(self.timer_fd)
             return
@@ -476,7 +475,3 @@ cdef class WorkerEngine:
     @property
     def is_generating(self):
         return self.generating
-
-    @property
-    def wakeups(self):
-        return self.timer_wakeups

@@ -2,6 +2,8 @@
 # and the connection protocol.  Declared in _engine.pxd.
 
 cdef class PendingQueue:
+    """A growable ring of int64 instants; push at the tail, pop and peek at the head."""
+
     def __cinit__(self):
         self.capacity = 64
         self.items = <int64_t*> PyMem_Malloc(self.capacity * sizeof(int64_t))
@@ -12,9 +14,6 @@ cdef class PendingQueue:
 
     def __dealloc__(self):
         PyMem_Free(self.items)
-
-    def __len__(self):
-        return self.length
 
     cdef int push(self, int64_t intended) except -1:
         cdef int64_t* grown
@@ -90,10 +89,6 @@ cdef class TargetState:
     @property
     def open_connections(self):
         return self.open_count
-
-    @property
-    def queued(self):
-        return self.pending.length
 
 
 cdef class Connection:
