@@ -75,11 +75,9 @@ class WatchState:
         self.generator = None
         self.saturated = ()
         self.skipped = 0
-        self.events = 0
         self.finished = False
 
     def apply(self, event):
-        self.events += 1
         self.skipped = max(self.skipped, event.skipped)
         kind = event.WhichOneof("event")
         if kind in ("snapshot", "finished"):

@@ -51,7 +51,6 @@ class Watcher:
         self._queued_intervals = 0
         self.queue_limit = queue_limit
         self.skipped = 0
-        self.delivered = 0
         self.closed = False
 
     def _push(self, kind, data):
@@ -84,7 +83,6 @@ class Watcher:
             if kind is EventKind.FINISHED:
                 self.closed = True
             skipped = self.skipped
-        self.delivered += 1
         if skipped:
             # Concatenated protobuf messages merge: the event gains its skipped field without
             # being parsed and serialized again for each watcher.

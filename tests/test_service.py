@@ -1,5 +1,6 @@
 """The Controller service on real parts: real gRPC on loopback, a real agent process and real
 target processes; each run is a real readiness run whose journal the assertions read back."""
+import os
 import threading
 
 import grpc
@@ -7,8 +8,8 @@ import pytest
 
 from loadgate.controller.plan import parse_plan
 from loadgate.controller.runner_source import AgentMeasurementSource
-from loadgate.controller.service import serve_run
-from loadgate.controller.service_runs import ManagedRun
+from loadgate.controller.service import ControllerService, serve_run
+from loadgate.controller.service_runs import AgentSources, ManagedRun
 from loadgate.controller.states import TITLES, Node, State
 from loadgate.native._hdr import Histogram
 from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
@@ -259,3 +260,23 @@ def test_serve_run_exposes_one_run_driven_by_its_caller(bench, tmp_path):
     finally:
         channel.close()
         server.stop()
+
+
+def test_without_agents_a_run_starts_its_own_local_agent_and_stops_it(bench, tmp_path):
+    served = Served(ControllerService(tmp_path / "runs", AgentSources(workers_per_agent=1)))
+    try:
+        info = served.submit(bench.plan_text())
+        events = []
+        follow(served.stub, info.run_id, events)
+        assert events[-1].finished.verdict
+        assert any(e.WhichOneof("event") == "interval" for e in events)
+        log = os.path.join(info.run_dir, "agent-0.log")
+        for _ in range(100):
+            with open(log) as handle:
+                text = handle.read()
+            if "shutting down" in text:
+                break
+            threading.Event().wait(0.1)
+        assert text.startswith("listening on 127.0.0.1:") and "shutting down" in text
+    finally:
+        served.close()
