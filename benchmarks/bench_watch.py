@@ -1,13 +1,14 @@
 """The cost of WatchRun watchers to the controller, against its ingest cost without them.
 
-A paced stream of ``--rate`` agent reports per second (``--agents`` agents, each reporting
-every ``agents / rate`` seconds: 1000 agents at loadgate's default 1 s interval, and 100
-agents every 100 ms, ten times the merged intervals and so ten times the watch events; 3 targets x 3 histograms of ``--samples`` values each,
-encoded by the real histogram code) goes through the controller's real ingest path
-(runner_ingest.ReportIngest: parse, check, fsynced journal batches, merge), and every merged
-interval through what a served run does with it (service_runs.publish_interval: IntervalStats
-with percentiles and the encoded merged histogram, fanned out by the WatchHub) to a real
-Controller gRPC server on loopback.  ``--watchers`` client processes follow it with
+A paced stream of ``--rate`` agent reports per second goes through the controller's real
+ingest path (runner_ingest.ReportIngest: parse, check, fsynced journal batches, merge).  Each
+report carries 3 targets x 3 histograms of ``--samples`` values, encoded by the real
+histogram code.  Two stream shapes by default (``--agents``): 1000 agents reporting every
+1 s (loadgate's default interval) and 100 agents every 100 ms, ten times the merged
+intervals and so ten times the watch events.  Every merged interval goes through what a
+served run does with it (service_runs.publish_interval: IntervalStats with percentiles and
+the encoded merged histogram, fanned out by the WatchHub) to a real Controller gRPC server
+on loopback, and ``--watchers`` client processes follow it with
 WatchRun; their CPU is theirs, not the controller's.
 
 The figure is the controller process's CPU time (every thread: ingest, hub, gRPC) per
