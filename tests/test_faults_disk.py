@@ -16,6 +16,7 @@ import pytest
 
 from agent_helpers import start_agent
 from test_controller_run import real_target
+from loadgate.native.errors import InfrastructureError
 
 PLAN = """
 apiVersion: loadgate/v1
@@ -44,7 +45,7 @@ def loadgate_run(tmp_path, agent_address, url, run_dir, rate=100, duration="1s")
 
 def check_refused_before_load(result, run_dir, requests_seen, before, words):
     output = result.stdout + result.stderr
-    assert result.returncode not in (0, None), output
+    assert result.returncode == InfrastructureError.exit_code, output
     assert "Traceback" not in output, output
     assert str(run_dir) in output, output
     assert any(word in output for word in words), output
