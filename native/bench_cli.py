@@ -80,6 +80,8 @@ def config_from_args(args):
     """The EngineConfig the command line describes; ConfigError for bad flags."""
     duration = parse_duration(args.duration)
     if args.closed:
+        if args.rate is not None:
+            raise ConfigError("--closed runs -c request loops back to back; it takes no rate")
         schedule = ClosedLoop(args.connections, duration, parse_duration(args.think))
     else:
         if args.rate is None:

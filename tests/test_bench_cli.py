@@ -1,6 +1,7 @@
 """``loadgate bench`` as a user runs it: a real process against ``loadgate target``, its
 table, its versioned JSON and its HdrHistogram interval log."""
 import json
+import signal
 import subprocess
 import sys
 
@@ -110,6 +111,7 @@ def test_flags_build_the_engine_config(tmp_path):
     ("http://127.0.0.1:1/", "-R", "10", "-d", "ten seconds"),
     ("ftp://127.0.0.1:1/", "-R", "10"),
     ("http://127.0.0.1:1/", "-R", "10", "-H", "no colon"),
+    ("http://127.0.0.1:1/", "-R", "10", "--closed"),
 ])
 def test_bad_flags_are_config_errors(argv):
     with pytest.raises(ConfigError):
@@ -120,3 +122,27 @@ def test_bad_flags_exit_with_the_config_error_code():
     done = bench("http://127.0.0.1:1/", "-d", "1s")
     assert done.returncode == ConfigError.exit_code
     assert "-R/--rate" in done.stderr
+
+
+def test_ctrl_c_stops_the_run_and_still_reports_every_request(tmp_path):
+    out = tmp_path / "run.json"
+    with target() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadgate.controller.cli", "bench", url + "/", "-R", "200",
+             "-d", "30s", "-t", "2", "--interval", "250ms", "--json", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("[")   # the first interval is in
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, stderr
+    requests = json.loads(out.read_text())["requests"]
+    assert requests["scheduled"] == 6000
+    assert requests["not_sent"] > 4000 and requests["completed"] > 0
+    assert requests["scheduled"] == (requests["completed"] + sum(requests["errors"].values())
+                                     + requests["timeouts"] + requests["not_sent"])
+    assert "latency" in stdout
