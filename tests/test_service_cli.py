@@ -136,3 +136,24 @@ def test_the_kubernetes_deployment_arguments_are_the_ones_serve_takes():
     assert args.token_file and args.runs_dir and args.agents.startswith("dns:///")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert args.runs_dir in mounts and os.path.dirname(args.token_file) in mounts
+
+
+def test_tls_dir_serves_mutual_tls_and_refuses_a_client_without_a_certificate(tmp_path):
+    from loadgate.controller.certs import init_certs
+    from loadgate.controller.service import ControllerService, start_server
+    from loadgate.controller.service_client import ControllerClient
+    init_certs(str(tmp_path / "certs"))
+    server = start_server(ControllerService(tmp_path / "runs"), "127.0.0.1:0",
+                          tls_dir=str(tmp_path / "certs"))
+    try:
+        with ControllerClient(server.address, tls_dir=str(tmp_path / "certs")) as client:
+            assert not client.stub.ListRuns(controller_pb2.ListRunsRequest(), timeout=10).runs
+        anonymous = grpc.secure_channel(server.address, grpc.ssl_channel_credentials(
+            (tmp_path / "certs" / "ca.pem").read_bytes()))
+        with pytest.raises(grpc.RpcError) as refused:
+            controller_pb2_grpc.ControllerStub(anonymous).ListRuns(
+                controller_pb2.ListRunsRequest(), timeout=10)
+        anonymous.close()
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
