@@ -23,15 +23,35 @@ TARGET_ARGS = {"baseline": ["--latency", "lognormal:4ms:0.3", "--seed", "1"],
                "canary": ["--latency", "lognormal:4ms:0.3", "--seed", "2"]}
 RUN_TIMEOUT_S = 90
 
+# Loosened with overrides: targets, agent and controller share two cores, windows are short.
+SATURATED_NODE = ", saturation: {cpu: 100%}, throughput: {min_ratio: 50%}"
+HIGH_RISK = """\
+    overrides:
+      - key: monitoring.post_deploy_window
+        reason: test bench
+      - key: canary.steps
+        reason: test bench
+      - key: canary.hold
+        reason: test bench
+      - key: gates.saturation.cpu
+        reason: targets, agent and controller share this node's two cores
+      - key: gates.throughput.min_ratio
+        reason: a 3 s window is too short to claim 95 % within counting error
+    approval:
+      approvers: [alice]
+    """
+
 
 class Bench:
-    def __init__(self):
+    """``fake_nvml`` (a tests/fake_nvml.py spec) gives the agent GPUs to report."""
+
+    def __init__(self, fake_nvml=None):
         self.targets = {}
         self.agent = None
         try:
             for name, args in TARGET_ARGS.items():
                 self.targets[name] = start_target_process(args)
-            self.agent = start_agent(["--workers", "1"])
+            self.agent = start_agent(["--workers", "1"], fake_nvml=fake_nvml)
         except BaseException:
             self.close()
             raise
@@ -66,6 +86,10 @@ class Bench:
             monitoring:
               post_deploy_window: 1s
             """) + textwrap.dedent(extra)
+
+    def high_risk_plan_text(self):
+        """A HIGH-risk plan (manual approval by alice) that runs as fast as the LOW one."""
+        return self.plan_text(risk="HIGH", extra=HIGH_RISK, gates=SATURATED_NODE)
 
     def service(self, runs_dir, **options):
         return ControllerService(runs_dir, AgentSources([self.agent.address]), **options)

@@ -102,3 +102,25 @@ def test_sparkline_scales_between_the_smallest_and_largest_value():
     assert sparkline([1, 2, 3, 4, 5, 6, 7, 8]) == "▁▂▃▄▅▆▇█"
     assert sparkline([5, 5]) == "▁▁"
     assert sparkline([0, 0]) == ""
+
+
+H100 = {"driver_version": "550.54.15", "devices": [{
+    "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-watch-0", "memory_total": 80 * 2**30,
+    "memory_used": 30 * 2**30, "utilization": 73, "memory_utilization": 41}]}
+
+
+@pytest.mark.slow
+def test_watch_shows_the_gpu_utilisation_and_memory_the_agent_samples(tmp_path):
+    gpu_bench = Bench(fake_nvml=H100)
+    served = Served(gpu_bench.service(tmp_path / "runs"))
+    try:
+        info = served.submit(gpu_bench.plan_text())
+        console = recording_console()
+        state = watch(served.address, info.run_id, console)
+        text = console.export_text()
+        assert state.finished
+        row = next(line for line in text.splitlines() if "NVIDIA H100 80GB HBM3" in line)
+        assert "agent 0 GPU 0" in row and "util 73%" in row and "memory 30.0/80.0 GiB" in row
+    finally:
+        served.close()
+        gpu_bench.close()
