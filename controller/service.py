@@ -179,7 +179,7 @@ class ControllerService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except HooksRefused as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except LoadgateError as exc:
+        except (LoadgateError, OSError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot start the run: {exc}")
 
     def ListRuns(self, request, context):
