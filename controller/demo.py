@@ -1,10 +1,13 @@
 """``loadgate demo``: the whole readiness procedure on this machine, in about a minute.
 
-It starts two built-in targets on free loopback ports -- a baseline, and a canary whose
-latency grows (by ``--regression``, 50 % by default) once it is offered more than 15 % of the
-demo's rate, which the ramp crosses at its 25 % step -- writes a plan for them into the run
-directory, and runs it (readiness_run): local agents, Infrastructure, a smoke test and the
-Performance window on the baseline, Monitoring evidence (alert rules and a dashboard generated
+It starts the built-in target on a free loopback port, serving the baseline version at ``/``
+and the canary at ``/canary``, whose latency grows (by ``--regression``, 50 % by default) once
+it is offered more than 15 % of the demo's rate, which the ramp crosses at its 25 % step.
+Both versions live in one process on purpose: on a machine whose cores are shared, two
+processes are starved of CPU at different moments, and the relative gates would judge that
+noise rather than the versions.  It writes a plan for them into the run directory and runs
+it (readiness_run): local agents, Infrastructure, a smoke test and the Performance window on
+the baseline, Monitoring evidence (alert rules and a dashboard generated
 from the plan), then the canary ramp 5 -> 25 -> 50 -> 100 % with gates at every step and the
 post-deploy window.  The canary is rolled back at 25 % (FAIL, exit 1); with ``--healthy``
 the canary has no regression and is promoted to 100 % (PASS, exit 0).  Exit codes are
@@ -13,9 +16,9 @@ the canary has no regression and is promoted to 100 % (PASS, exit 0).  Exit code
 Rates and holds are chosen for the minimum-sample rule: the 5 % step may hold until the
 canary has twice the samples its p99 gate needs (299 at 95 % confidence), so each step is
 judged on enough evidence rather than declared INCONCLUSIVE.  The relative gates compare
-the canary with the baseline at p50 and p95 and on the whole distribution (Mann-Whitney): on
-a machine this busy the p99 of a lightly loaded process is mostly scheduling noise, and a
-p99 ratio would hold the ramp without telling a regression from it.
+the canary with the baseline on the whole distribution (Mann-Whitney) and at p95 and p99;
+the p99 ratio is loosened to 1.5 (from 1.2) because a few hundred samples of a busy
+machine's p99 cannot bound a tighter ratio within the hold.
 """
 import math
 import os
@@ -37,6 +40,7 @@ STEPS = (5, 25, 50, 100)
 # load (with room for Poisson bursts), under the 25 % step's.
 THRESHOLD_SHARE = 0.15
 TARGET_LATENCY = "lognormal:40ms:0.2"
+CANARY_PATH = "/canary"
 CONFIDENCE = 95.0
 
 
@@ -67,30 +71,25 @@ def run_demo(args):
     run_dir = os.path.abspath(args.run_dir or os.path.join("loadgate-runs", demo_id))
     os.makedirs(run_dir, exist_ok=True)
     threshold = THRESHOLD_SHARE * args.rate
-    canary_args = [] if args.healthy else ["--load-latency",
-                                           f"{args.regression}@{threshold:g}rps"]
-    baseline = start_target_process(["--latency", TARGET_LATENCY, "--seed", "1"])
+    canary_options = f"latency={TARGET_LATENCY}" + (
+        "" if args.healthy else f",load-latency={args.regression}@{threshold:g}rps")
+    target = start_target_process(["--latency", TARGET_LATENCY, "--seed", "1",
+                                   "--route", CANARY_PATH, canary_options])
     try:
-        canary = start_target_process(["--latency", TARGET_LATENCY, "--seed", "2",
-                                       *canary_args])
-    except BaseException:
-        stop_target_process(baseline[0])
-        raise
-    try:
-        urls = [f"http://{host}:{port}" for _, host, port in (baseline, canary)]
-        plan = write_demo_plan(run_dir, urls[0], urls[1], args.rate, hold_s, args.healthy)
-        print(f"loadgate demo: baseline {urls[0]}, canary {urls[1]} "
+        _, host, port = target
+        url = f"http://{host}:{port}"
+        plan = write_demo_plan(run_dir, url, args.rate, hold_s, args.healthy)
+        print(f"loadgate demo: baseline {url}/, canary {url}{CANARY_PATH} "
               + ("(healthy)" if args.healthy else
                  f"({args.regression} slower above {threshold:g} req/s)")
               + f"\nrun directory: {run_dir}", flush=True)
         run_readiness(plan, run_dir, progress=not args.no_progress, workers=args.workers)
     finally:
-        stop_target_process(canary[0])
-        stop_target_process(baseline[0])
+        stop_target_process(target[0])
     return int(gate_cli.check(run_dir)[0])
 
 
-def demo_plan(baseline_url, canary_url, rate, hold_s, healthy):
+def demo_plan(url, rate, hold_s, healthy):
     """The demo's plan as a dict (before its monitoring files are named)."""
     canary_samples = min_samples_for_percentile(99.0, CONFIDENCE / 100)
     # The 5 % step has the samples its p99 gate needs after this long; it may hold twice that.
@@ -103,8 +102,9 @@ def demo_plan(baseline_url, canary_url, rate, hold_s, healthy):
             "requested_by": "loadgate demo",
             "description": "Local canary " + ("without a regression" if healthy else
                                               "whose latency grows under load")},
-        "targets": [{"name": "baseline", "url": baseline_url, "role": "baseline"},
-                    {"name": "canary", "url": canary_url, "role": "canary", "weight": 0}],
+        "targets": [{"name": "baseline", "url": url, "role": "baseline"},
+                    {"name": "canary", "url": url, "role": "canary", "weight": 0,
+                     "request": {"path": CANARY_PATH}}],
         "load": {"rate": rate, "duration": f"{max(hold_s, 4.0):g}s", "arrival": "poisson",
                  "seed": 1, "connections": 64, "interval": "500ms", "timeout": "2s"},
         "local_agents": 1,
@@ -113,7 +113,7 @@ def demo_plan(baseline_url, canary_url, rate, hold_s, healthy):
                   "error_rate": "1%",
                   "throughput": {"min_ratio": "90%"},
                   "relative": {"test": "mann-whitney", "alpha": "1%", "min_effect": "15%",
-                               "ratios": {"p50": 1.3, "p95": 1.5, "p99": 1.5}}},
+                               "ratios": {"p95": 1.3, "p99": 1.5}}},
         "canary": {"steps": list(STEPS), "hold": f"{hold_s:g}s",
                    "max_hold": f"{max(4 * hold_s, math.ceil(2 * first_step_s)):g}s"},
         "monitoring": {"post_deploy_window": f"{hold_s:g}s", "smoke": True},
@@ -125,9 +125,9 @@ def demo_plan(baseline_url, canary_url, rate, hold_s, healthy):
     }
 
 
-def write_demo_plan(run_dir, baseline_url, canary_url, rate, hold_s, healthy):
+def write_demo_plan(run_dir, url, rate, hold_s, healthy):
     """Writes run_dir/plan.yaml (and its monitoring evidence) and returns the loaded Plan."""
-    data = demo_plan(baseline_url, canary_url, rate, hold_s, healthy)
+    data = demo_plan(url, rate, hold_s, healthy)
     rules, dashboard = write_monitoring(parse_plan(yaml.safe_dump(data, sort_keys=False)),
                                         os.path.join(run_dir, "monitoring"))
     data["monitoring"].update(alert_rules=os.path.relpath(rules, run_dir),

@@ -188,8 +188,9 @@ def render_summary(verdict, run_dir, html_path=None):
     lines = ["", f"Deployment {verdict.deployment.get('id')}: {verdict.status.value} "
                  f"{verdict.marker}",
              f"Recommendation: {verdict.recommendation}"]
-    deciding = [g for g in verdict.gates if g.status is not GateStatus.PASS] \
-        if verdict.status is not VerdictStatus.PASS else []
+    failed = [g for g in verdict.gates if g.status is GateStatus.FAIL]
+    unsure = [g for g in verdict.gates if g.status is GateStatus.INCONCLUSIVE]
+    deciding = failed or unsure if verdict.status is not VerdictStatus.PASS else []
     for gate in deciding[:4]:
         lines.append(f"  {gate.status.value} {gate.name} in {gate.window}: "
                      f"measured {_figure(gate.measured, gate.unit)} against "
