@@ -34,7 +34,9 @@ class RunView:
         self.deployment_id = plan.deployment.id
         self.canary = next((t.name for t in plan.targets if t.role is TargetRole.CANARY), None)
         self.started_ns = int(started_s * NS)
-        self.nodes = list(StateMachine(stage_graph(classify(plan).plan), None, None).nodes())
+        effective = classify(plan).plan
+        self.nodes = list(StateMachine(stage_graph(effective), None, None).nodes())
+        self.steps = tuple(float(w) for w in effective.canary.steps)
         self.states = {node.key: (State.OZHIDAET, self.started_ns) for node in self.nodes}
         self.verdict = ""
         self.canary_weight = 0.0
@@ -104,11 +106,17 @@ class RunView:
         return info
 
     def phase(self):
-        """What the load is for now: the canary step, else the innermost running node."""
-        if self.canary_weight:
-            return f"canary {self.canary_weight:g}%"
+        """What the load is for now: the innermost running node, and the canary step while
+        the canary gets traffic (e.g. "deployment.staging, canary step 2/4 (25%)")."""
         running = [node for node in self.nodes if self.states[node.key][0].imperfective]
-        return running[-1].key if running else ""
+        phase = running[-1].key if running else ""
+        if self.canary_weight:
+            steps = list(self.steps)
+            weight = self.canary_weight
+            canary = f"canary step {steps.index(weight) + 1}/{len(steps)} ({weight:g}%)" \
+                if weight in steps else f"canary {weight:g}%"
+            phase = f"{phase}, {canary}" if phase else canary
+        return phase
 
 
 def _parent_title(node):

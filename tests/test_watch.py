@@ -59,7 +59,7 @@ def test_watch_shows_stage_markers_percentiles_rate_and_the_verdict(bench, serve
         p99 = Histogram.decode_binary(last.latency).value_at_percentile(99)
         row = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert f"{p99 / 1000:.2f}" in row and f"{last.rate:.1f}" in row
-    assert "canary 100%" in text and "canary 50%" in text
+    assert "canary step 1/2 (50%)" in text and "canary step 2/2 (100%)" in text
     assert "GPU" in text
     recent = [i for i in intervals if i.achieved_rate > 0]
     assert f"rate {recent[-1].achieved_rate:.1f}/s" in text
