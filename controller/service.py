@@ -67,6 +67,7 @@ class ControllerService:
         self.max_watchers = max_watchers
         self.accept_plans = accept_plans
         self._runs = {}
+        self._decided = {}  # run id -> RunView of a finished run read from runs_dir
         self._cleanups = {}
         self._watchers = 0
         self._lock = threading.Lock()
@@ -103,10 +104,10 @@ class ControllerService:
     def resume_unfinished(self):
         """Takes over every unfinished run journaled under runs_dir (after a restart)."""
         resumed = []
-        for run_id, run_dir, finished in journaled_runs(self.runs_dir):
-            if finished or run_id in self._runs:
+        for run_id, run_dir in journaled_runs(self.runs_dir):
+            view = None if run_id in self._runs else RunView.from_run_dir(run_dir)
+            if view is None or view.finished:
                 continue
-            view = RunView.from_run_dir(run_dir)
             source, cleanup = self.sources(view.plan, run_dir)
             managed = ManagedRun(run_id, view.plan, run_dir, source, tick_s=self.tick_s,
                                  queue_limit=self.queue_limit, metrics=self.metrics,
@@ -142,20 +143,29 @@ class ControllerService:
             return managed
         if _UNSAFE_ID.search(run_id) or run_id.startswith("."):
             return None
-        return RunView.from_run_dir(os.path.join(self.runs_dir, run_id))
+        return self._journaled(run_id, os.path.join(self.runs_dir, run_id))
 
     def list_runs(self):
         """RunInfo of every run, newest first."""
         with self._lock:
             live = dict(self._runs)
         infos = [m.hub.snapshot_info() for m in live.values()]
-        for run_id, run_dir, _ in journaled_runs(self.runs_dir):
+        for run_id, run_dir in journaled_runs(self.runs_dir):
             if run_id not in live:
-                view = RunView.from_run_dir(run_dir)
+                view = self._journaled(run_id, run_dir)
                 if view is not None:
                     infos.append(view.run_info())
         infos.sort(key=lambda info: (info.started_unix_ns, info.run_id), reverse=True)
         return infos
+
+    def _journaled(self, run_id, run_dir):
+        # A decided run's journal no longer changes: read it once.
+        view = self._decided.get(run_id)
+        if view is None:
+            view = RunView.from_run_dir(run_dir)
+            if view is not None and view.finished:
+                self._decided[run_id] = view
+        return view
 
     def close(self):
         """Ends every watch stream and stops the load of running runs; their journals stay,

@@ -23,11 +23,10 @@ import threading
 import time
 
 from loadgate.controller.discovery import resolve_agents
-from loadgate.controller.journal import RecordKind, read_journal
+from loadgate.controller.journal import RecordKind
 from loadgate.controller.local_agents import LocalAgents
 from loadgate.controller.readiness import JOURNAL_NAME, Readiness, append_decision
 from loadgate.controller.service_events import RunView, interval_stats
-from loadgate.controller.verdict import RunStatus
 from loadgate.controller.watch_hub import EventKind, WatchHub
 
 log = logging.getLogger("loadgate.controller.service")
@@ -259,18 +258,10 @@ def _nothing():
 
 
 def journaled_runs(runs_dir):
-    """(run_id, run_dir, finished) of every readiness run journaled under runs_dir."""
-    found = []
+    """(run_id, run_dir) of every readiness run journaled under runs_dir, by name."""
     try:
         names = sorted(os.listdir(runs_dir))
     except FileNotFoundError:
-        return found
-    for name in names:
-        path = os.path.join(runs_dir, name)
-        journal = os.path.join(path, JOURNAL_NAME)
-        if not os.path.isfile(journal):
-            continue
-        finished = any(r.get("kind") == RecordKind.VERDICT.value and
-                       RunStatus(r["run_status"]).final for r in read_journal(journal))
-        found.append((name, path, finished))
-    return found
+        return []
+    return [(name, os.path.join(runs_dir, name)) for name in names
+            if os.path.isfile(os.path.join(runs_dir, name, JOURNAL_NAME))]
