@@ -23,6 +23,7 @@ from loadgate.controller.runner import DistributedRun
 from loadgate.proto.loadgate.v1 import common_pb2
 
 SERVICE = "loadgate.v1.Agent"
+DAMAGE_PAUSE_S = 0.3
 UNARY = ("Describe", "Ping", "Prepare", "Start", "Adjust", "Stop")
 
 
@@ -67,6 +68,11 @@ class DamagingRelay:
                 damage = self.damages.pop(self.streamed, None)
                 for item in (damage(report) if damage else [report]):
                     yield item
+                if damage:
+                    # Give the controller time to refuse it and hang up before the next
+                    # report goes out on this stream, so a later damage is not spent on a
+                    # report nobody reads.
+                    await asyncio.sleep(DAMAGE_PAUSE_S)
         except asyncio.CancelledError:
             if time.monotonic() >= self.cut_until:
                 raise
