@@ -1,22 +1,40 @@
 """A distributed load run: one controller, several agents, one merged result.
 
-``DistributedRun`` is the async API that ``loadgate run`` and the readiness orchestrator
+``DistributedRun`` is the async API that ``loadgate run`` (run_cli), the readiness
+orchestrator (through runner_source.AgentMeasurementSource) and the controller service
 drive::
 
     run = DistributedRun(definition_or_plan, ["10.0.0.5:7070", ...], run_dir)
     await run.prepare()          # Describe, clock probe (min-RTT Ping), Prepare each shard
     await run.start()            # agree an instant in the near future; streams begin
     async for merged in run.intervals():   # MergedInterval, in index order
-        ...                      # run.adjust(rate_scale=..., weights={...}) at any time
+        ...                      # await run.adjust(rate_scale=..., weights={...}) any time
     summary = await run.wait()   # every agent final (or lost); summary.json written
     await run.close()
 
-Each agent has two tasks: a heartbeat (Ping every ``heartbeat_s`` on its own channel; an
-agent silent for ``lost_after_s`` is lost) and a report stream (StreamReports from the last
-accepted seq, reconnecting until the final report, so nothing is lost or doubled).  One
-ingest task journals accepted reports in fsynced batches and only then merges them.  A
-watchdog releases overdue intervals and ends the run.  Everything runs on one event loop,
-so the state below is only touched between awaits.
+- ``definition_or_plan``: a runner_spec.RunDefinition (targets, schedule, engine settings,
+  agent-loss policy) or a Plan.  Agent ``i`` of N generates shard ``i`` of N of the schedule.
+- ``run_dir``: a path or rundir.RunDir; see rundir for what is written there.
+- ``add_listener(callback)`` / ``intervals()``: every merged.MergedInterval as it is handed
+  out, in index order: ``index``, ``start_ns``/``end_ns`` (controller clock), ``intended``,
+  ``sent``, ``targets`` (name -> TargetTotals: a Histogram per Metric, outcomes, sent, late,
+  bytes_read), ``agents``/``missing``/``discarded``/``saturated`` (agent ids), ``telemetry``
+  ((agent id, TelemetrySample) pairs), ``cpu_seconds``, ``max_lag_us``, and ``correction``
+  (late data for an interval already handed out: add it to that one).
+- ``adjust(rate_scale, weights)``: ``rate_scale`` multiplies the plan's schedule from now on
+  (absolute, not cumulative); ``weights`` replaces the named targets' traffic shares.
+- ``stop(reason)``: agents stop; the run ends once their final reports are in.
+- ``summary()``: the summary dict (docs/summary-json.md), final once ``wait`` returned;
+  ``status`` is a runner_session.RunStatus, ``sessions`` the per-agent state.
+- runner_resume.resume_run(run_dir) rebuilds a run whose controller died; ``launch()`` then
+  ``wait()`` collect the rest from the agents.
+
+Each agent has two tasks (runner_loss): a heartbeat (Ping every ``heartbeat_s`` on its own
+channel; an agent silent for ``lost_after_s`` is lost) and a report stream (StreamReports
+from the last accepted seq, reconnecting until the final report, so nothing is lost or
+doubled).  One ingest task journals accepted reports in fsynced batches and only then merges
+them (runner_ingest).  A watchdog releases overdue intervals and ends the run.  Everything
+runs on one event loop, so the state below is only touched between awaits.
 """
 import asyncio
 import logging

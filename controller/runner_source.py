@@ -22,6 +22,7 @@ from loadgate.controller.runner_reports import HistogramLayout
 from loadgate.controller.runner_session import RunStatus
 from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native._hdr import Histogram
+from loadgate.native.errors import InfrastructureError
 from loadgate.native.schedule import ArrivalModel, ConstantRate, Poisson
 
 
@@ -119,6 +120,8 @@ class AgentMeasurementSource:
     def collect(self):
         with self._lock:
             window = self._window
+            if window is None:
+                raise InfrastructureError("collect() before the first start_window()")
             end_s = max(window.end_ns, window.start_ns) / 1e9
             seconds = max(1e-9, end_s - window.start_ns / 1e9)
             total_weight = sum(window.weights.values()) or 1.0
