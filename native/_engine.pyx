@@ -2,19 +2,20 @@
 """The open-loop HTTP/1.1 engine's hot path, one instance per worker process.
 
 Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival (plus
-the pacing window, zero by default, minus the median wake-up latency measured as it runs) is
-watched by uvloop like a socket; on wake-up every arrival that is due goes out, and one due
-within SPIN_NS is waited for by spinning rather than by another sleep.  Re-arming a timerfd
-clears its expiry count, so the descriptor is only read when it is not re-armed (one system
-call per wake-up saved).  Each arrival picks a
-target by smooth weighted round-robin, takes an idle keep-alive connection, and if none is
-idle it queues (counted late) while a new connection opens, up to the target's cap: the
-schedule never waits for the pool.
+the pacing window, zero by default, minus the lower quartile of the wake-up latency, measured
+as it runs) is watched by uvloop like a socket; on wake-up every arrival that is due goes
+out, and one due within SPIN_NS is waited for by spinning rather than by another sleep.
+Re-arming a timerfd clears its expiry count, so the descriptor is only read when it is not
+re-armed (one system call per wake-up saved).  Each arrival picks a target by smooth weighted
+round-robin, takes an idle keep-alive connection, and if none is idle it queues (counted
+late) while a new connection opens, up to the target's cap: the schedule never waits for the
+pool.
 
-Responses: at high rates uvloop's reading of plain-HTTP sockets is paused and responses are
-collected when the engine wakes for the next send (lg_harvest.h); completion is the kernel's
-receive timestamp, so neither the collection delay nor the generator's own scheduling delay
-inflates latency.  TLS and closed-loop connections are read by uvloop as usual.
+Responses: in open loop, uvloop's reading of plain-HTTP sockets is paused and the engine
+reads them itself (lg_harvest.h): at the wake-up for the next send when that is near, else
+when uvloop reports them readable.  Completion is the kernel's receive timestamp, so neither
+the collection delay nor the generator's own scheduling delay inflates latency.  TLS and
+closed-loop connections are read by uvloop as usual.
 
 Recording: latency (completion - intended), service time (completion - send) and schedule
 lag (send - intended), in microseconds, into per-target histograms through
@@ -231,10 +232,11 @@ cdef class WorkerEngine:
             return
         now = lg_pacer_now_ns()
         if self.wake_target:
-            # Track the median wake-up latency: arming that much early lands half the wake-ups
-            # just before their send (a short spin) and half just after (a short lag).
+            # Track the lower quartile of the wake-up latency (three steps down for each one
+            # up): arming that much early lands a quarter of the wake-ups just before their
+            # send (a short spin) and the rest just after it (a short lag).
             if now < self.wake_target:
-                self.early_ns = max(self.early_ns - EARLY_STEP_NS, 0)
+                self.early_ns = max(self.early_ns - 3 * EARLY_STEP_NS, 0)
             else:
                 self.early_ns = min(self.early_ns + EARLY_STEP_NS, EARLY_MAX_NS)
             self.wake_target = 0
