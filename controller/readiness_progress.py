@@ -118,21 +118,19 @@ class ReadinessProgress:
         header = Text.assemble((f"{readiness.plan.deployment.id} ", "bold"),
                                f"{readiness.status.value}  {elapsed:5.0f} s  ",
                                (readiness.run_dir, "dim"))
-        stages = Text()
+        stages = Table.grid(padding=(0, 2))
         for node in machine.nodes():
             if node.sub is None:
                 state = machine.state(node)
-                stages.append(f"{node.title} ")
-                stages.append(state.marker, _STYLE.get(state, "green" if state.perfective
-                                                       else "cyan"))
-                stages.append("  ")
+                stages.add_row(node.title, Text(state.marker, _STYLE.get(
+                    state, "green" if state.perfective else "cyan")))
         parts = [header, stages]
         if self.latest is not None:
             parts.append(Text(_transition_line(self.latest), overflow="ellipsis",
                               no_wrap=True))
-        table = self._window_table()
-        if table is not None:
-            parts.append(table)
+        window = self._window_table()
+        if window is not None:
+            parts.append(window)
         return Group(*parts)
 
     def _window_table(self):
@@ -141,9 +139,12 @@ class ReadinessProgress:
         if measurement is None:
             return None
         evaluation = self.evaluation or {}
-        table = Table(box=None, pad_edge=False, title_justify="left", title=(
-            f"{evaluation.get('window', 'window')}: {rate:g} req/s offered, "
-            f"{measurement.duration_s:.1f} s covered, gates {evaluation.get('status', '-')}"))
+        if source.window_started is None or evaluation.get("time", 0) < source.window_started:
+            evaluation = {}  # the window just opened: its first judgement is still to come
+        title = Text(f"{evaluation.get('window', 'new window')}: {rate:g} req/s offered, "
+                     f"{measurement.duration_s:.1f} s covered, gates "
+                     f"{evaluation.get('status', '-')}")
+        table = Table(box=None, pad_edge=False)
         for column in ("target", "share", "req/s", "requests", "errors", "p95 ms", "p99 ms"):
             table.add_column(column, justify="left" if column == "target" else "right")
         for name, target in measurement.targets.items():
@@ -153,7 +154,7 @@ class ReadinessProgress:
                         else (None, None))
             table.add_row(name, f"{share * 100:.0f}%", f"{target.achieved_rps:.0f}",
                           str(target.requests), str(target.errors), _ms(p95), _ms(p99))
-        return table
+        return Group(title, table)
 
 
 def _transition_line(record):

@@ -29,7 +29,7 @@ from loadgate.controller.plan import Plan
 from loadgate.controller.plan_types import GatesPlan
 from loadgate.controller.readiness import JOURNAL_NAME, Readiness
 from loadgate.controller.readiness_progress import ReadinessProgress, TrackedSource
-from loadgate.controller.verdict import ErrorKind, VerdictStatus
+from loadgate.controller.verdict import ErrorKind, RunStatus, VerdictStatus
 from loadgate.native.errors import InfrastructureError, LoadgateError
 
 LOCAL_AGENTS_FILE = "local-agents.json"
@@ -99,16 +99,21 @@ def _interrupt(signum, frame):
 
 
 def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, workers=0,
-                  credentials=None, metadata=(), tick_s=0.25, out=None):
+                  credentials=None, metadata=(), tick_s=0.25, out=None, console=None):
     """Runs (or with resume=True, continues) the readiness run of plan in run_dir until it
     ends; returns its Verdict.  ``agents`` (host:port list) overrides the plan's; with none
     at all the plan's ``local_agents`` are started here and stopped at the end.  Raises
-    InfrastructureError (after writing an error verdict) when the agents cannot start."""
+    InfrastructureError (after writing an error verdict) when the agents cannot start.
+    ``console`` (rich) is where the live progress goes (default: stderr)."""
     out = out or sys.stdout
     run_dir = os.path.abspath(os.fspath(run_dir))
     if resume:
         plan = journaled_plan(run_dir)
         _stop_left_agents(run_dir)
+        if _decided(run_dir):
+            verdict = verdict_module.load(run_dir)
+            print(render_summary(verdict, run_dir), end="", file=out)
+            return verdict
     os.makedirs(run_dir, exist_ok=True)
     load_dir = _fresh(os.path.join(run_dir, LOAD_DIR))
     entries = list(agents or plan.agents)
@@ -124,31 +129,33 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
                                            {"id": plan.deployment.id})
             raise
         local.record(os.path.join(run_dir, LOCAL_AGENTS_FILE))
+    from loadgate.controller.runner_source import AgentMeasurementSource
     try:
-        return _drive(plan, run_dir, load_dir, entries, resume, progress, workers,
-                      credentials, metadata, tick_s, out)
+        source = TrackedSource(AgentMeasurementSource(
+            plan, entries, load_dir, workers_per_agent=workers, credentials=credentials,
+            metadata=metadata))
+        verdict = _drive(plan, run_dir, source, resume, {
+            "enabled": progress, "console": console}, tick_s)
     finally:
         if local is not None:
             local.stop()
+            os.remove(os.path.join(run_dir, LOCAL_AGENTS_FILE))
+    _write_html(run_dir, load_dir, out)
+    print(render_summary(verdict, run_dir), end="", file=out)
+    return verdict
 
 
-def _drive(plan, run_dir, load_dir, agents, resume, progress, workers, credentials, metadata,
-           tick_s, out):
-    from loadgate.controller.runner_source import AgentMeasurementSource
-    inner = AgentMeasurementSource(plan, agents, load_dir, workers_per_agent=workers,
-                                   credentials=credentials, metadata=metadata)
-    source = TrackedSource(inner)
+def _drive(plan, run_dir, source, resume, view_options, tick_s):
     try:
         readiness = Readiness.resume(run_dir, source) if resume else \
             Readiness(plan, run_dir, source)
     except BaseException:
         source.stop()
         raise
-    if resume and not readiness.status.final:
-        _warm_up(plan, source)
-    view = ReadinessProgress(readiness, source, enabled=progress)
     try:
-        with view:
+        if resume and not readiness.status.final:
+            _warm_up(plan, source)
+        with ReadinessProgress(readiness, source, **view_options) as view:
             while not readiness.tick().final:
                 view.update()
                 time.sleep(tick_s)
@@ -156,10 +163,12 @@ def _drive(plan, run_dir, load_dir, agents, resume, progress, workers, credentia
         if not readiness.status.final:
             # Interrupted: the load stops, the journal stays for ``--resume``.
             source.stop()
-    verdict = readiness.verdict or verdict_module.load(run_dir)
-    html = _write_html(run_dir, load_dir, out)
-    print(render_summary(verdict, run_dir, html), end="", file=out)
-    return verdict
+    return readiness.verdict or verdict_module.load(run_dir)
+
+
+def _decided(run_dir):
+    return any(r.get("kind") == RecordKind.VERDICT.value and RunStatus(r["run_status"]).final
+               for r in read_journal(os.path.join(run_dir, JOURNAL_NAME)))
 
 
 def _warm_up(plan, source):
@@ -174,15 +183,14 @@ def _warm_up(plan, source):
 def _write_html(run_dir, load_dir, out):
     from loadgate.controller.report_html import write_report_html
     try:
-        return write_report_html(run_dir, load_dir if os.path.isdir(load_dir) else None)
+        write_report_html(run_dir, load_dir if os.path.isdir(load_dir) else None)
     except (LoadgateError, OSError, ValueError) as exc:
         # The verdict and report.md are written; a chart that cannot be drawn must not
         # hide them.
         print(f"loadgate: report.html not written: {exc}", file=out)
-        return None
 
 
-def render_summary(verdict, run_dir, html_path=None):
+def render_summary(verdict, run_dir):
     """The few lines a person reads at the end: verdict, the deciding gate, next steps and
     where the reports are."""
     lines = ["", f"Deployment {verdict.deployment.get('id')}: {verdict.status.value} "

@@ -3,6 +3,7 @@
 Real parts only: two ``loadgate target`` processes on loopback, the local agent that
 ``loadgate run`` starts itself, the controller as a process killed with SIGKILL mid-ramp.
 """
+import io
 import json
 import os
 import signal
@@ -12,19 +13,22 @@ import textwrap
 import time
 
 import pytest
+from rich.console import Console
 
 from loadgate.controller import gate_cli
-from loadgate.controller.plan import parse_plan
+from loadgate.controller.plan import load_plan, parse_plan
 from loadgate.controller.readiness_run import (
-    LOCAL_AGENTS_FILE, is_readiness_plan, is_readiness_run, render_summary)
+    LOCAL_AGENTS_FILE, is_readiness_plan, is_readiness_run, render_summary, run_readiness)
 from loadgate.controller.verdict import load
 from loadgate.native.target import start_target_process, stop_target_process
 
-LATENCY = ["--latency", "lognormal:20ms:0.2"]
+# Baseline and canary are two routes of one target process: two processes on this shared
+# machine are starved of CPU at different moments, and the relative gates would see it.
+TARGET = ["--latency", "lognormal:20ms:0.2", "--route", "/canary", "latency=lognormal:20ms:0.2"]
 CLI = [sys.executable, "-m", "loadgate.controller.cli"]
 
 
-def plan_text(baseline_url, canary_url, hold="2s", steps="[5, 25, 50, 100]", gates=True):
+def plan_text(url, hold="2s", steps="[5, 25, 50, 100]", gates=True):
     gates_section = """\
         gates:
           latency: {p95: 200ms}
@@ -37,8 +41,8 @@ def plan_text(baseline_url, canary_url, hold="2s", steps="[5, 25, 50, 100]", gat
         deployment: {{id: RUN-READINESS, type: FEATURE, risk: LOW, environment: DEV,
                      strategy: {"CANARY" if gates else "BIG-BANG"}}}
         targets:
-          - {{name: baseline, url: "{baseline_url}", role: baseline}}
-          - {{name: canary, url: "{canary_url}", role: canary, weight: 0}}
+          - {{name: baseline, url: "{url}", role: baseline}}
+          - {{name: canary, url: "{url}", role: canary, weight: 0, request: {{path: /canary}}}}
         load: {{rate: 400, duration: 2s, connections: 32, interval: 500ms, timeout: 2s}}
         canary: {{steps: {steps}, hold: {hold}, max_hold: 30s}}
         monitoring: {{post_deploy_window: 2s}}
@@ -46,14 +50,12 @@ def plan_text(baseline_url, canary_url, hold="2s", steps="[5, 25, 50, 100]", gat
 
 
 @pytest.fixture(scope="module")
-def targets():
-    baseline = start_target_process(LATENCY + ["--seed", "1"])
-    canary = start_target_process(LATENCY + ["--seed", "2"])
+def target():
+    process, host, port = start_target_process(TARGET)
     try:
-        yield (f"http://{baseline[1]}:{baseline[2]}", f"http://{canary[1]}:{canary[2]}")
+        yield f"http://{host}:{port}"
     finally:
-        stop_target_process(canary[0])
-        stop_target_process(baseline[0])
+        stop_target_process(process)
 
 
 def records(run_dir):
@@ -75,8 +77,8 @@ def alive(pid):
 
 
 def test_a_plan_with_gates_is_a_readiness_plan_and_one_without_is_a_load_run():
-    with_gates = parse_plan(plan_text("http://127.0.0.1:1", "http://127.0.0.1:2"))
-    without = parse_plan(plan_text("http://127.0.0.1:1", "http://127.0.0.1:2", gates=False))
+    with_gates = parse_plan(plan_text("http://127.0.0.1:1"))
+    without = parse_plan(plan_text("http://127.0.0.1:1", gates=False))
     assert is_readiness_plan(with_gates)
     assert not is_readiness_plan(without)
 
@@ -90,9 +92,9 @@ def test_only_a_readiness_journal_is_resumed_as_a_readiness_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_loadgate_run_of_a_readiness_plan_writes_the_verdict_and_reports(tmp_path, targets):
+def test_loadgate_run_of_a_readiness_plan_writes_the_verdict_and_reports(tmp_path, target):
     plan = tmp_path / "plan.yaml"
-    plan.write_text(plan_text(*targets, steps="[25, 100]"))
+    plan.write_text(plan_text(target, steps="[25, 100]"))
     run_dir = tmp_path / "run"
     result = subprocess.run(CLI + ["run", str(plan), "--run-dir", str(run_dir), "--workers",
                                    "1"], capture_output=True, text=True, timeout=120)
@@ -115,9 +117,9 @@ def test_loadgate_run_of_a_readiness_plan_writes_the_verdict_and_reports(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, targets):
+def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, target):
     plan = tmp_path / "plan.yaml"
-    plan.write_text(plan_text(*targets, hold="2s", steps="[25, 50, 100]"))
+    plan.write_text(plan_text(target, hold="2s", steps="[25, 50, 100]"))
     run_dir = tmp_path / "run"
     first = subprocess.Popen(CLI + ["run", str(plan), "--run-dir", str(run_dir), "--workers",
                                     "1", "--no-progress"],
@@ -153,3 +155,26 @@ def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, targets):
     assert load(str(run_dir)).status.value == "PASS"
     assert gate_cli.check(str(run_dir))[0] is gate_cli.ExitCode.PASS
     assert (run_dir / "report.html").exists()
+    assert not (run_dir / LOCAL_AGENTS_FILE).exists()
+    # A decided run is not run again: resuming it only repeats the summary.
+    again = subprocess.run(CLI + ["run", "--resume", str(run_dir)], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "Recommendation: DEPLOY" in again.stdout
+    assert not os.path.exists(run_dir / "load-3")
+
+
+@pytest.mark.slow
+def test_live_progress_shows_the_stages_the_window_and_each_target(tmp_path, target):
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan_text(target, hold="1s", steps="[50, 100]"))
+    screen = Console(file=io.StringIO(), force_terminal=True, width=120)
+    out = io.StringIO()
+    verdict = run_readiness(load_plan(str(path)), tmp_path / "run", workers=1, out=out,
+                            console=screen)
+    assert verdict.status.value == "PASS", out.getvalue()
+    shown = screen.file.getvalue()
+    for text in ("Infrastructure Validation", "[SV:ZAVERSHENO]", "canary step 1 (50%)",
+                 "p99 ms", "baseline", "canary", "deployment.staging"):
+        assert text in shown, text
+    assert "Recommendation: DEPLOY" in out.getvalue()
+    assert not (tmp_path / "run" / LOCAL_AGENTS_FILE).exists()
