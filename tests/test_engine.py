@@ -91,7 +91,7 @@ def test_stalls_are_measured_from_the_intended_instant_while_service_time_hides_
     # busy host, where the target itself may answer a few milliseconds after a stall ends.
     schedule = ConstantRate(60, 6.0)
     every_ns, for_ns = 2_000_000_000, 1_000_000_000
-    with target("--stall-every", "2s", "--stall-for", "1s") as url:
+    with target("--stall-every", "2s", "--stall-for", "1s", favoured=True) as url:
         epoch = target_stats(url)["epoch_monotonic_ns"]
         start_at = time.time_ns() + 1_500_000_000
         start_mono = monotonic_ns() + (start_at - time.time_ns())
