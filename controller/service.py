@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loadgate.controller.certs import CertFiles
 from loadgate.controller.plan import PlanError, parse_plan
+from loadgate.controller.readiness_hooks import HookRunner
 from loadgate.controller.service_events import RunView
 from loadgate.controller.service_runs import AgentSources, ManagedRun, journaled_runs
 from loadgate.native.errors import ConfigError, LoadgateError
@@ -92,7 +93,7 @@ class ControllerService:
         try:
             managed = ManagedRun(run_id, plan, run_dir, source, tick_s=self.tick_s,
                                  queue_limit=self.queue_limit, metrics=self.metrics,
-                                 on_finish=self._finished)
+                                 on_finish=self._finished, hooks=self._hooks(plan, run_dir))
         except BaseException:
             source.stop()
             cleanup()
@@ -111,10 +112,15 @@ class ControllerService:
             source, cleanup = self.sources(view.plan, run_dir)
             managed = ManagedRun(run_id, view.plan, run_dir, source, tick_s=self.tick_s,
                                  queue_limit=self.queue_limit, metrics=self.metrics,
-                                 on_finish=self._finished, resume=True)
+                                 on_finish=self._finished, resume=True,
+                                 hooks=self._hooks(view.plan, run_dir))
             self.add(managed, cleanup)
             resumed.append(managed.start())
         return resumed
+
+    def _hooks(self, plan, run_dir):
+        # Plans reach this service over gRPC: their hooks run only if the operator allowed it.
+        return HookRunner(plan.deployment.id, cwd=run_dir, allowed=self.allow_hooks)
 
     def add(self, managed, cleanup=None):
         """Serves a ManagedRun this service did not start (``loadgate run``)."""

@@ -1,7 +1,8 @@
 """One readiness run driven by the controller service, and what it publishes to watchers.
 
-``ManagedRun(run_id, plan, run_dir, source)`` wraps the MeasurementSource, builds the
-``Readiness`` orchestrator (or resumes the one journaled in run_dir) and, once ``start()``ed,
+``ManagedRun(run_id, plan, run_dir, source, hooks=None)`` wraps the MeasurementSource, builds
+the ``Readiness`` orchestrator (or resumes the one journaled in run_dir; ``hooks`` is its
+HookRunner, the plan's own by default) and, once ``start()``ed,
 ticks it on a thread of its own.  After every tick it reads the journal records appended
 since the last one (its own transitions and steps, and approvals or aborts that
 ``loadgate approve`` wrote from another process) and publishes each transition to the
@@ -88,7 +89,7 @@ class ManagedRun:
     """A readiness run with a watch hub; see the module docstring."""
 
     def __init__(self, run_id, plan, run_dir, source, *, tick_s=0.25, queue_limit=None,
-                 clock=time.time, on_finish=None, metrics=None, resume=False):
+                 clock=time.time, on_finish=None, metrics=None, resume=False, hooks=None):
         self.run_id = run_id
         self.run_dir = os.fspath(run_dir)
         self.tick_s = tick_s
@@ -101,9 +102,9 @@ class ManagedRun:
         self._interval_weights = {}
         watched = WatchedSource(source, self._on_weights, self._on_interval, self._on_run)
         if resume:
-            self.readiness = Readiness.resume(self.run_dir, watched, clock)
+            self.readiness = Readiness.resume(self.run_dir, watched, clock, hooks)
         else:
-            self.readiness = Readiness(plan, self.run_dir, watched, clock)
+            self.readiness = Readiness(plan, self.run_dir, watched, clock, hooks)
         self.plan = self.readiness.plan
         self.view = RunView(run_id, self.run_dir, self.plan, self.readiness.started, live=True)
         self.hub = WatchHub(self.view.run_info, **(

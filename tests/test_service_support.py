@@ -4,7 +4,8 @@
 canary, lognormal latency around 4 ms), one ``loadgate agent`` process, and a Controller
 service serving over real gRPC.  ``plan_text`` writes a short canary plan against those
 targets (about 7 s of wall time: a 3 s performance window, two 1 s canary steps, 1 s of
-post-deploy monitoring).  ``journal_transitions`` reads the run's journal back, so tests
+post-deploy monitoring).  Its latency gate is loose (p95 < 10 s): these tests are about the
+service, and a loaded machine must not turn them into tests of its scheduler.  ``journal_transitions`` reads the run's journal back, so tests
 compare what watchers saw with what the run recorded.
 """
 import json
@@ -37,6 +38,8 @@ HIGH_RISK = """\
         reason: targets, agent and controller share this node's two cores
       - key: gates.throughput.min_ratio
         reason: a 3 s window is too short to claim 95 % within counting error
+      - key: gates.latency.p95
+        reason: the service is under test here, not this machine's scheduler
     approval:
       approvers: [alice]
     """
@@ -78,7 +81,7 @@ class Bench:
               connections: 8
               interval: 250ms
               timeout: 2s
-            gates: {{latency: {{p95: 200ms}}{gates}}}
+            gates: {{latency: {{p95: 10s}}{gates}}}
             canary:
               steps: [50, 100]
               hold: 1s
