@@ -24,6 +24,10 @@ from loadgate.controller.verdict import RunStatus
 from loadgate.native.errors import LoadgateError
 
 
+# How much a window's samples must grow between two looks at it (see judge_window).
+LOOK_GROWTH = 1.25
+
+
 class RolloutMixin:
     deploying = False
 
@@ -34,8 +38,9 @@ class RolloutMixin:
         PASS at the first look where every gate passes and the measurement covers min_s;
         whatever the gates say once it covers max_s.  Each gate holds its confidence for one
         look, so looking at every tick of a 24-hour window would all but guarantee a false
-        FAIL; the window is looked at only when its samples have doubled since the last look,
-        when it first covers min_s, and at max_s: about log2(samples) looks in all.
+        FAIL; the window is looked at only when its samples have grown by LOOK_GROWTH since
+        the last look, when it first covers min_s, and at max_s: about
+        log(samples) / log(LOOK_GROWTH) looks in all (some 80 for a day at 1000 req/s).
         Coverage is the measured time the source reports, not the clock: agents' reports
         arrive late under load, and a window must not close before its data.  A source that
         falls further behind than the grace below is judged on what it has.
@@ -56,7 +61,7 @@ class RolloutMixin:
             if not (final or first_hold or samples >= next_look):
                 continue
             held = held or covered >= min_s
-            next_look = max(2 * samples, 1)
+            next_look = max(math.ceil(LOOK_GROWTH * samples), samples + 1)
             results = evaluate(gates, measurement, window, judged, *pair,
                                gpu_unavailable=self.gpu_unavailable)
             status = combine(results)
