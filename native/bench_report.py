@@ -159,7 +159,7 @@ def format_report(report):
     lines.append(f"  requests: scheduled {requests['scheduled']}, sent {requests['sent']}, "
                  f"completed {requests['completed']}, timeouts {requests['timeouts']}, "
                  f"not sent {requests['not_sent']}, late {requests['late']}")
-    lines.append(f"  status: " + ", ".join(f"{k} {v}" for k, v in requests["status"].items()))
+    lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in requests["status"].items()))
     lines.append(f"  errors: {errors}")
     names = [name for name, _ in PERCENTILES] + ["max"]
     lines.append("")

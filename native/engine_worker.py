@@ -10,6 +10,7 @@ import asyncio
 import enum
 import gc
 import multiprocessing.connection
+import resource
 import signal
 import ssl
 import sys
@@ -198,6 +199,11 @@ def worker_main(pipe, index, count):
     # Ctrl-C reaches the whole process group; the parent turns it into STOP so that the
     # workers still report what they measured.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Every connection is a descriptor; the default soft limit (often 1024) would turn a
+    # large pool into connect errors long before the hard limit is reached.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         config = EngineConfig.from_dict(pipe.recv())
         uvloop.run(_main(config, index, count, pipe))
@@ -212,6 +218,6 @@ def worker_main(pipe, index, count):
 
 if __name__ == "__main__":
     # Through the module's real name, so the messages it pickles name their real module.
-    from loadgate.native.engine_worker import worker_main
-    worker_main(multiprocessing.connection.Connection(int(sys.argv[1])), int(sys.argv[2]),
-                int(sys.argv[3]))
+    from loadgate.native import engine_worker
+    engine_worker.worker_main(multiprocessing.connection.Connection(int(sys.argv[1])),
+                              int(sys.argv[2]), int(sys.argv[3]))

@@ -5,11 +5,11 @@ import time
 import pytest
 
 from loadgate.native._engine import monotonic_ns
-from loadgate.native.engine import LoadRun, run_once
+from loadgate.native._hdr import Histogram
+from loadgate.native.engine import LoadRun, RequestTemplate, run_once
 from loadgate.native.engine_snapshot import IntervalSnapshot
 from loadgate.native.outcomes import Outcome
-from loadgate.native.schedule import ClosedLoop, ConstantRate
-from loadgate.native._hdr import Histogram
+from loadgate.native.schedule import ClosedLoop, ConstantRate, Poisson
 
 from test_engine_support import (RecordingServer, closed_port, config, outcome_counts,
                                  self_signed_cert, target, target_stats, tls_server_context)
@@ -41,6 +41,15 @@ def test_every_arrival_is_accounted_for_and_workers_merge_exactly():
         by_interval.add(snapshot.targets["t"].latency)
     assert by_interval == total.latency
     assert sum(s.sent for s in result.intervals) == 500
+
+
+def test_poisson_arrivals_split_across_workers_are_all_accounted_for():
+    schedule = Poisson(400, 0.5, seed=11)
+    with target() as url:
+        result = run_once(config(url + "/", schedule, connections=4), workers=2)
+    total = result.totals.combined()
+    assert result.scheduled == schedule.total_count() == total.outcomes[Outcome.OK_2XX]
+    assert result.worker_scheduled == [schedule.shard(i, 2).total_count() for i in range(2)]
 
 
 def test_outcome_classes_match_what_the_target_did():
@@ -202,22 +211,17 @@ def test_rotation_file_cycles_through_bodies_and_requests(tmp_path):
     requests = tmp_path / "requests.txt"
     requests.write_text("GET /first HTTP/1.1\nX-A: 1\n\n%%\nPOST /second HTTP/1.1\n\nhello\n")
     with RecordingServer() as server:
-        spec = {"request": _template(method="POST", rotate_file=str(bodies))}
+        spec = {"request": RequestTemplate(method="POST", rotate_file=str(bodies))}
         run_once(config(server.url + "/in", ConstantRate(100, 0.3), connections=1, spec=spec),
                  workers=1)
         seen_bodies = [body for _, _, body in server.requests]
         server.requests.clear()
-        spec = {"request": _template(rotate_file=str(requests), rotate_mode="requests")}
+        spec = {"request": RequestTemplate(rotate_file=str(requests), rotate_mode="requests")}
         run_once(config(server.url + "/", ConstantRate(100, 0.2), connections=1, spec=spec),
                  workers=1)
         seen_requests = list(server.requests)
     assert seen_bodies == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}'] * 10
     assert seen_requests == [("GET", "/first", b""), ("POST", "/second", b"hello")] * 10
-
-
-def _template(**kwargs):
-    from loadgate.native.engine import RequestTemplate
-    return RequestTemplate(**kwargs)
 
 
 def test_requests_wait_for_a_busy_pool_in_arrival_order():
