@@ -63,7 +63,7 @@ class LoadRun:
         self._processes = []
         self._collector = None
         self._result = None
-        self._stopped = False
+        self._weights = {t.name: t.weight for t in config.targets}
 
     def start(self, start_at_ns=None):
         """Starts the workers; load begins at wall-clock ``start_at_ns`` (time.time_ns), or
@@ -105,19 +105,19 @@ class LoadRun:
 
     def set_weights(self, weights):
         """New traffic shares by target name; names not given keep theirs."""
-        known = {t.name for t in self.config.targets}
-        unknown = set(weights) - known
+        unknown = set(weights) - set(self._weights)
         if unknown:
             raise ConfigError(f"unknown targets: {sorted(unknown)}")
-        merged = {t.name: t.weight for t in self.config.targets} | dict(weights)
-        if any(w < 0 for w in merged.values()) or sum(merged.values()) <= 0:
-            raise ConfigError(f"weights must be >= 0 with a positive sum, got {weights}")
-        self._send_all(Message.WEIGHTS, {k: float(v) for k, v in weights.items()})
+        weights = {name: float(weight) for name, weight in weights.items()}
+        merged = self._weights | weights
+        if any(not w >= 0 for w in merged.values()) or sum(merged.values()) <= 0:
+            raise ConfigError(f"weights must be >= 0 with a positive sum, got {merged}")
+        self._weights = merged
+        self._send_all(Message.WEIGHTS, weights)
 
     def stop(self):
         """Stops generating now.  Requests in flight get a short grace, then are recorded as
         timeouts with their elapsed latency; arrivals not yet sent count NOT_SENT."""
-        self._stopped = True
         self._send_all(Message.STOP)
 
     def join(self, timeout=None):

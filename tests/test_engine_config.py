@@ -111,3 +111,16 @@ def test_rotation_entries_can_be_shipped_and_written_back(tmp_path):
     spec = lambda path: TargetSpec("t", "http://h/", request=RequestTemplate(
         rotate_file=str(path), rotate_mode="requests"))
     assert build_requests(spec(copy)) == build_requests(spec(source))
+
+
+def test_live_weights_are_checked_against_the_current_split():
+    from loadgate.native.engine import LoadRun
+    run = LoadRun(EngineConfig([TargetSpec("a", "http://h/"), TargetSpec("b", "http://h/")],
+                               Poisson(10, 1, 1)), workers=1)
+    run.set_weights({"a": 0})          # not started: nothing to tell, the split is kept
+    with pytest.raises(ConfigError):
+        run.set_weights({"b": 0})      # would leave no target with traffic
+    with pytest.raises(ConfigError):
+        run.set_weights({"c": 1})
+    with pytest.raises(ConfigError):
+        run.set_rate_scale(0)
