@@ -15,10 +15,11 @@ the canary has no regression and is promoted to 100 % (PASS, exit 0).  Exit code
 
 Rates and holds are chosen for the minimum-sample rule: the 5 % step may hold until the
 canary has twice the samples its p99 gate needs (299 at 95 % confidence), so each step is
-judged on enough evidence rather than declared INCONCLUSIVE.  The relative gates compare
-the canary with the baseline on the whole distribution (Mann-Whitney) and at p95 and p99;
-the p99 ratio is loosened to 1.5 (from 1.2) because a few hundred samples of a busy
-machine's p99 cannot bound a tighter ratio within the hold.
+judged on enough evidence rather than declared INCONCLUSIVE.  The regression is judged by
+the Mann-Whitney test on the whole latency distributions (canary slower by 15 points or
+more, at 1 %); the percentile ratios are loosened (p95 1.5, p99 2 rather than 1.2) because
+the few hundred samples of a 5 % step bound a busy machine's tail only that tightly, and a
+tighter ratio would hold the ramp to INCONCLUSIVE on scheduling noise.
 """
 import math
 import os
@@ -113,7 +114,7 @@ def demo_plan(url, rate, hold_s, healthy):
                   "error_rate": "1%",
                   "throughput": {"min_ratio": "90%"},
                   "relative": {"test": "mann-whitney", "alpha": "1%", "min_effect": "15%",
-                               "ratios": {"p95": 1.3, "p99": 1.5}}},
+                               "ratios": {"p95": 1.5, "p99": 2.0}}},
         "canary": {"steps": list(STEPS), "hold": f"{hold_s:g}s",
                    "max_hold": f"{max(4 * hold_s, math.ceil(2 * first_step_s)):g}s"},
         "monitoring": {"post_deploy_window": f"{hold_s:g}s", "smoke": True},
