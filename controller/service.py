@@ -132,6 +132,11 @@ class ControllerService:
     def _finished(self, managed):
         with self._lock:
             cleanup = self._cleanups.pop(managed.run_id, None)
+            if managed.view.finished and self._runs.get(managed.run_id) is managed:
+                # Its journal says everything now: keep the small view, let the orchestrator,
+                # its source and their histograms go.
+                self._decided[managed.run_id] = managed.view
+                del self._runs[managed.run_id]
         if cleanup is not None:
             cleanup()
 

@@ -83,6 +83,7 @@ def test_approve_and_abort_through_a_controller(tmp_path, capsys):
     try:
         text = bench.high_risk_plan_text()
         info = served.submit(text)
+        managed = served.service.find(info.run_id)
         assert decide("approve", info.run_id, "--who", "alice", "--reason", "early",
                       "--controller", served.address) == 3
         assert "not waiting" in capsys.readouterr().err
@@ -97,7 +98,6 @@ def test_approve_and_abort_through_a_controller(tmp_path, capsys):
                       "--controller", served.address) == 0
         assert decide("abort", info.run_dir, "--who", "bob", "--reason", "enough",
                       "--controller", served.address) == 0
-        managed = served.service.find(info.run_id)
         assert managed.wait(RUN_TIMEOUT_S) is RunStatus.ABORTED
         kinds = [(r["kind"], r.get("who")) for r in journal_records(info.run_dir)
                  if r["kind"] in ("approval", "abort")]
