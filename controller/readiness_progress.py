@@ -9,7 +9,6 @@ the gates see it: requests, errors, achieved rate, samples, p95 and p99.
 orchestrator last collected, without a second measurement.  Where stderr is no terminal the
 transitions are printed as plain lines instead, one per transition.
 """
-import sys
 import threading
 import time
 
@@ -98,7 +97,8 @@ class ReadinessProgress:
             if kind == RecordKind.TRANSITION.value:
                 self.latest = record
                 if self.enabled and not self.live:
-                    print(_transition_line(record), file=sys.stderr, flush=True)
+                    self.console.print(_transition_line(record), markup=False,
+                                       highlight=False, soft_wrap=True)
             elif kind == RecordKind.STEP.value and \
                     record.get("phase") == StepPhase.EVALUATION.value:
                 self.evaluation = record

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -116,6 +117,30 @@ def test_loadgate_run_of_a_readiness_plan_writes_the_verdict_and_reports(tmp_pat
     assert render_summary(verdict, str(run_dir)).count("\n") > 4
 
 
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_target_that_does_not_answer_is_an_infrastructure_error(tmp_path, target):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(target).replace(f'url: "{target}", role: canary',
+                                              f'url: "http://127.0.0.1:{closed_port()}", '
+                                              'role: canary'))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(CLI + ["run", str(plan), "--run-dir", str(run_dir), "--workers",
+                                   "1", "--no-progress"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "no answer from canary" in result.stdout
+    assert not [r for r in records(run_dir) if r["kind"] == "step"]  # no load was judged
+    check = subprocess.run(CLI + ["gate", "check", str(run_dir)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 4, check.stdout
+
+
 @pytest.mark.slow
 def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, target):
     plan = tmp_path / "plan.yaml"
@@ -139,6 +164,7 @@ def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, target):
     assert left and all(alive(pid) for pid in left)  # their own session: SIGKILL spared them
     killed_at = len(records(run_dir))
     assert not (run_dir / "verdict.json").exists()
+    assert gate_cli.check(str(run_dir))[0] is gate_cli.ExitCode.INCONCLUSIVE  # undecided
 
     resumed = subprocess.run(CLI + ["run", "--resume", str(run_dir), "--workers", "1"],
                              capture_output=True, text=True, timeout=120)
