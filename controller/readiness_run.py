@@ -21,14 +21,17 @@ import signal
 import sys
 import time
 
+from loadgate.controller import gate_cli
 from loadgate.controller import verdict as verdict_module
 from loadgate.controller.gates import GateStatus
-from loadgate.controller.journal import JournalError, RecordKind, read_journal
+from loadgate.controller.journal import JournalError, RecordKind, StepPhase, read_journal
 from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
-from loadgate.controller.plan import Plan
+from loadgate.controller.plan import Plan, load_plan
 from loadgate.controller.plan_types import GatesPlan
 from loadgate.controller.readiness import JOURNAL_NAME, Readiness
 from loadgate.controller.readiness_progress import ReadinessProgress, TrackedSource
+from loadgate.controller.report_html import write_report_html
+from loadgate.controller.runner_source import AgentMeasurementSource
 from loadgate.controller.verdict import ErrorKind, RunStatus, VerdictStatus
 from loadgate.native.errors import InfrastructureError, LoadgateError
 
@@ -68,7 +71,6 @@ def wants_readiness(args):
     """Whether ``loadgate run`` args name a readiness plan or a readiness run to resume."""
     if args.resume:
         return is_readiness_run(args.resume)
-    from loadgate.controller.plan import load_plan
     return is_readiness_plan(load_plan(args.plan))
 
 
@@ -78,7 +80,6 @@ def run_command(args, agents, credentials, metadata):
     if args.resume:
         run_dir, plan = args.resume, None
     else:
-        from loadgate.controller.plan import load_plan
         plan = load_plan(args.plan)
         run_id = f"readiness-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
         run_dir = args.run_dir or os.path.join("runs", run_id)
@@ -86,11 +87,10 @@ def run_command(args, agents, credentials, metadata):
     try:
         run_readiness(plan, run_dir, agents=agents, progress=not args.no_progress,
                       resume=bool(args.resume), workers=args.workers,
-                      credentials=credentials, metadata=metadata)
+                      credentials=credentials, metadata=metadata, dead_man_s=args.dead_man)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    from loadgate.controller.gate_cli import check
-    return int(check(run_dir)[0])
+    return int(gate_cli.check(run_dir)[0])
 
 
 def _interrupt(signum, frame):
@@ -99,12 +99,14 @@ def _interrupt(signum, frame):
 
 
 def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, workers=0,
-                  credentials=None, metadata=(), tick_s=0.25, out=None, console=None):
+                  credentials=None, metadata=(), tick_s=0.25, out=None, console=None,
+                  dead_man_s=None):
     """Runs (or with resume=True, continues) the readiness run of plan in run_dir until it
     ends; returns its Verdict.  ``agents`` (host:port list) overrides the plan's; with none
     at all the plan's ``local_agents`` are started here and stopped at the end.  Raises
     InfrastructureError (after writing an error verdict) when the agents cannot start.
-    ``console`` (rich) is where the live progress goes (default: stderr)."""
+    ``console`` (rich) is where the live progress goes (default: stderr); ``dead_man_s`` is
+    how soon local agents stop their load without this controller (default 3 s)."""
     out = out or sys.stdout
     run_dir = os.path.abspath(os.fspath(run_dir))
     if resume:
@@ -120,7 +122,8 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
     local = None
     if not entries:
         local = LocalAgents(plan.local_agents, lambda index: _agent_log(load_dir, index),
-                            workers=workers or None, dead_man=LOCAL_DEAD_MAN)
+                            workers=workers or None,
+                            dead_man=f"{dead_man_s:g}s" if dead_man_s else LOCAL_DEAD_MAN)
         try:
             entries = local.start()
         except InfrastructureError as exc:
@@ -128,9 +131,9 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
                 verdict_module.write_error(run_dir, ErrorKind.INFRASTRUCTURE, str(exc),
                                            {"id": plan.deployment.id})
             raise
-        local.record(os.path.join(run_dir, LOCAL_AGENTS_FILE))
-    from loadgate.controller.runner_source import AgentMeasurementSource
     try:
+        if local is not None:
+            local.record(os.path.join(run_dir, LOCAL_AGENTS_FILE))
         source = TrackedSource(AgentMeasurementSource(
             plan, entries, load_dir, workers_per_agent=workers, credentials=credentials,
             metadata=metadata))
@@ -139,7 +142,8 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
     finally:
         if local is not None:
             local.stop()
-            os.remove(os.path.join(run_dir, LOCAL_AGENTS_FILE))
+            if os.path.exists(os.path.join(run_dir, LOCAL_AGENTS_FILE)):
+                os.remove(os.path.join(run_dir, LOCAL_AGENTS_FILE))
     _write_html(run_dir, load_dir, out)
     print(render_summary(verdict, run_dir), end="", file=out)
     return verdict
@@ -181,7 +185,6 @@ def _warm_up(plan, source):
 
 
 def _write_html(run_dir, load_dir, out):
-    from loadgate.controller.report_html import write_report_html
     try:
         write_report_html(run_dir, load_dir if os.path.isdir(load_dir) else None)
     except (LoadgateError, OSError, ValueError) as exc:
@@ -203,7 +206,7 @@ def render_summary(verdict, run_dir):
         lines.append(f"  {gate.status.value} {gate.name} in {gate.window}: "
                      f"measured {_figure(gate.measured, gate.unit)} against "
                      f"{_figure(gate.threshold, gate.unit)} ({gate.samples} samples)")
-    rolled = [s for s in verdict.steps if s.get("phase") == "canary"]
+    rolled = [s for s in verdict.steps if s.get("phase") == StepPhase.CANARY.value]
     if rolled:
         last = rolled[-1]
         lines.append(f"Canary: {len(rolled)} step(s) judged, last {last['window']} "

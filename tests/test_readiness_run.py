@@ -123,7 +123,6 @@ def closed_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_a_target_that_does_not_answer_is_an_infrastructure_error(tmp_path, target):
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text(target).replace(f'url: "{target}", role: canary',
