@@ -32,7 +32,8 @@ from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, R
 from loadgate.controller.run_journal import RunJournal
 from loadgate.controller.runner_ingest import ReportIngest
 from loadgate.controller.runner_reports import AgentStream, HistogramLayout
-from loadgate.controller.service import ControllerService, start_server
+from loadgate.controller.service import ControllerService
+from loadgate.controller.service_server import start_server
 from loadgate.controller.service_runs import publish_interval
 from loadgate.controller.watch_hub import WatchHub
 from loadgate.native._hdr import Histogram

@@ -21,7 +21,8 @@ import sys
 import threading
 
 from loadgate.controller.certs import grpc_channel_credentials, read_token
-from loadgate.controller.service import ControllerService, start_server
+from loadgate.controller.service import ControllerService
+from loadgate.controller.service_server import start_server
 from loadgate.controller.service_runs import AgentSources
 from loadgate.native.errors import ConfigError
 

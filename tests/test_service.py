@@ -8,7 +8,8 @@ import pytest
 
 from loadgate.controller.plan import parse_plan
 from loadgate.controller.runner_source import AgentMeasurementSource
-from loadgate.controller.service import ControllerService, serve_run
+from loadgate.controller.service import ControllerService
+from loadgate.controller.service_server import serve_run
 from loadgate.controller.service_runs import AgentSources, ManagedRun
 from loadgate.controller.states import TITLES, Node, State
 from loadgate.native._hdr import Histogram

@@ -11,11 +11,15 @@ import urllib.request
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from loadgate.controller import cli
-from loadgate.controller.service import SERVICE_NAME
+from loadgate.controller.certs import init_certs
+from loadgate.controller.service import SERVICE_NAME, ControllerService
+from loadgate.controller.service_client import ControllerClient
+from loadgate.controller.service_server import start_server
 from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
 from test_service_support import RUN_TIMEOUT_S, Bench, journal_transitions
 
@@ -120,7 +124,6 @@ def test_serve_refuses_to_listen_beyond_loopback_without_credentials(tmp_path, c
 
 
 def test_the_kubernetes_deployment_arguments_are_the_ones_serve_takes():
-    import yaml
     path = os.path.join(os.path.dirname(__file__), "..", "deploy", "k8s",
                         "controller-deployment.yaml")
     with open(path) as handle:
@@ -138,9 +141,6 @@ def test_the_kubernetes_deployment_arguments_are_the_ones_serve_takes():
 
 
 def test_tls_dir_serves_mutual_tls_and_refuses_a_client_without_a_certificate(tmp_path):
-    from loadgate.controller.certs import init_certs
-    from loadgate.controller.service import ControllerService, start_server
-    from loadgate.controller.service_client import ControllerClient
     init_certs(str(tmp_path / "certs"))
     server = start_server(ControllerService(tmp_path / "runs"), "127.0.0.1:0",
                           tls_dir=str(tmp_path / "certs"))

@@ -15,7 +15,8 @@ import textwrap
 import grpc
 
 from agent_helpers import start_agent
-from loadgate.controller.service import ControllerService, start_server
+from loadgate.controller.service import ControllerService
+from loadgate.controller.service_server import start_server
 from loadgate.controller.service_runs import AgentSources
 from loadgate.native.target import start_target_process, stop_target_process
 from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
@@ -91,8 +92,9 @@ class Bench:
             """) + textwrap.dedent(extra)
 
     def high_risk_plan_text(self):
-        """A HIGH-risk plan (manual approval by alice) that runs as fast as the LOW one."""
-        return self.plan_text(risk="HIGH", extra=HIGH_RISK, gates=SATURATED_NODE)
+        """A HIGH-risk plan (manual approval by alice) that runs as fast as the LOW one, at
+        half its rate: HIGH risk keeps the node CPU gate, and this node is shared."""
+        return self.plan_text(risk="HIGH", extra=HIGH_RISK, gates=SATURATED_NODE, rate=200)
 
     def service(self, runs_dir, **options):
         return ControllerService(runs_dir, AgentSources([self.agent.address]), **options)
