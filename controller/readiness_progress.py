@@ -105,9 +105,10 @@ class ReadinessProgress:
             elif kind == RecordKind.STEP.value and \
                     record.get("phase") == StepPhase.APPROVAL.value and not self._waiting_told:
                 self._waiting_told = True
-                if self.enabled:
-                    self.console.print(f"waiting for approval: loadgate approve "
-                                       f"{self.readiness.run_dir} --who NAME --why REASON")
+                # Said even without progress: the run cannot go on until a person acts.
+                self.console.print(f"waiting for approval: loadgate approve "
+                                   f"{self.readiness.run_dir} --who NAME --reason WHY",
+                                   markup=False, highlight=False, soft_wrap=True)
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
 

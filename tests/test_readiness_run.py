@@ -203,3 +203,37 @@ def test_live_progress_shows_the_stages_the_window_and_each_target(tmp_path, tar
         assert text in shown, text
     assert "Recommendation: DEPLOY" in out.getvalue()
     assert not (tmp_path / "run" / LOCAL_AGENTS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_approval_goes_on_when_approved_from_another_process(tmp_path,
+                                                                               target):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text(target, hold="1s", steps="[100]")
+                    + "approval: {required: true, approvers: [alice]}\n")
+    run_dir = tmp_path / "run"
+    controller = subprocess.Popen(CLI + ["run", str(plan), "--run-dir", str(run_dir),
+                                         "--workers", "1", "--no-progress"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [
+                r for r in (records(run_dir) if (run_dir / "journal.jsonl").exists() else [])
+                if r.get("phase") == "approval"]:
+            time.sleep(0.1)
+        assert gate_cli.check(str(run_dir))[0] is gate_cli.ExitCode.INCONCLUSIVE
+        assert not [r for r in records(run_dir) if r.get("phase") == "canary"]
+        approve = subprocess.run(CLI + ["approve", str(run_dir), "--who", "alice", "--reason",
+                                        "latency budget reviewed"],
+                                 capture_output=True, text=True, timeout=30)
+        assert approve.returncode == 0, approve.stdout + approve.stderr
+        stdout, stderr = controller.communicate(timeout=90)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    assert controller.returncode == 0, stdout + stderr
+    assert f"waiting for approval: loadgate approve {run_dir}" in stderr
+    verdict = load(str(run_dir))
+    assert [d["who"] for d in verdict.decisions] == ["alice"]
+    assert canary_steps(run_dir) == [(0, 100, "PASS")]
