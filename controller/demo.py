@@ -32,9 +32,9 @@ from loadgate.controller.gates import min_samples_for_percentile
 from loadgate.controller.monitoring import write_monitoring
 from loadgate.controller.plan import load_plan, parse_plan
 from loadgate.controller.plan_units import parse_duration
-from loadgate.controller.readiness_run import run_readiness
-from loadgate.native.errors import ConfigError
-from loadgate.native.target import start_target_process, stop_target_process
+from loadgate.controller.readiness_run import interrupted_by_sigterm, run_readiness
+from loadgate.native.errors import ConfigError, InfrastructureError
+from loadgate.native.target import LoadLatency, start_target_process, stop_target_process
 
 STEPS = (5, 25, 50, 100)
 # The canary's regression starts above this share of the demo's rate: over the 5 % step's
@@ -68,10 +68,15 @@ def run_demo(args):
     hold_s = parse_duration(args.hold)
     if not args.rate > 0 or not hold_s > 0:
         raise ConfigError("--rate and --hold must be positive")
+    threshold = THRESHOLD_SHARE * args.rate
+    LoadLatency.parse(f"{args.regression}@{threshold:g}rps")  # a bad --regression: ConfigError
     demo_id = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
     run_dir = os.path.abspath(args.run_dir or os.path.join("loadgate-runs", demo_id))
-    os.makedirs(run_dir, exist_ok=True)
-    threshold = THRESHOLD_SHARE * args.rate
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise InfrastructureError(f"cannot create run directory {run_dir}: "
+                                  f"{exc.strerror}") from None
     canary_options = f"latency={TARGET_LATENCY}" + (
         "" if args.healthy else f",load-latency={args.regression}@{threshold:g}rps")
     target = start_target_process(["--latency", TARGET_LATENCY, "--seed", "1",
@@ -84,7 +89,8 @@ def run_demo(args):
               + ("(healthy)" if args.healthy else
                  f"({args.regression} slower above {threshold:g} req/s)")
               + f"\nrun directory: {run_dir}", flush=True)
-        run_readiness(plan, run_dir, progress=not args.no_progress, workers=args.workers)
+        with interrupted_by_sigterm():
+            run_readiness(plan, run_dir, progress=not args.no_progress, workers=args.workers)
     finally:
         stop_target_process(target[0])
     return int(gate_cli.check(run_dir)[0])

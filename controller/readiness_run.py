@@ -15,6 +15,7 @@ the dead one's measurements stay as they were.
 A readiness plan is one that declares ``gates:``: there is something to judge.  A plan without
 gates is a plain load run (``loadgate run`` without this module).
 """
+import contextlib
 import json
 import os
 import signal
@@ -83,18 +84,25 @@ def run_command(args, agents, credentials, metadata):
         plan = load_plan(args.plan)
         run_id = f"readiness-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
         run_dir = args.run_dir or os.path.join("runs", run_id)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with interrupted_by_sigterm():
         run_readiness(plan, run_dir, agents=agents, progress=not args.no_progress,
                       resume=bool(args.resume), workers=args.workers,
                       credentials=credentials, metadata=metadata, dead_man_s=args.dead_man)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return int(gate_cli.check(run_dir)[0])
 
 
+@contextlib.contextmanager
+def interrupted_by_sigterm():
+    """Within it SIGTERM ends a run as Ctrl-C does (KeyboardInterrupt): load and agents
+    stopped, the journal kept for ``--resume``.  For the main thread of a command."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _interrupt(signum, frame):
-    # SIGTERM ends the run as Ctrl-C does: load stopped, agents stopped, journal kept.
     raise KeyboardInterrupt
 
 

@@ -7,8 +7,12 @@ produced directories gives the same codes.
 """
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
 
 import pytest
 import yaml
@@ -93,3 +97,39 @@ def test_the_healthy_demo_is_promoted_to_100_percent(tmp_path):
     assert load(str(run_dir)).status.value == "PASS"
     assert "Recommendation: DEPLOY" in result.stdout
     assert gate_check(run_dir) == 0
+
+
+def test_a_bad_regression_is_a_plan_error_before_anything_starts(tmp_path):
+    result = subprocess.run(CLI + ["demo", "--run-dir", str(tmp_path / "demo"),
+                                   "--regression", "slower"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3 and "'slower'" in result.stderr
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_demo_its_agent_and_its_target(tmp_path):
+    run_dir = tmp_path / "demo"
+    demo_process = subprocess.Popen(CLI + ["demo", "--run-dir", str(run_dir), "--no-progress"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                (run_dir / "local-agents.json").exists() and (run_dir / "journal.jsonl").exists()
+                and any(r.get("phase") == "performance" for r in journal(run_dir))):
+            time.sleep(0.1)
+        agents = json.loads((run_dir / "local-agents.json").read_text())["pids"]
+        demo_process.send_signal(signal.SIGTERM)
+        assert demo_process.wait(60) == 130
+    finally:
+        if demo_process.poll() is None:
+            demo_process.kill()
+            demo_process.wait()
+    for pid in agents:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    url = urllib.parse.urlsplit(yaml.safe_load((run_dir / "plan.yaml").read_text())
+                                ["targets"][0]["url"])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((url.hostname, url.port), 2).close()
+    assert not (run_dir / "verdict.json").exists()  # undecided, and journaled for the record
