@@ -3,10 +3,11 @@ familiar to wrk2 users.  Prints the intended and achieved rate, outcome counts, 
 latency, service-time and schedule-lag tables; warns when the generator fell behind.
 """
 import json
+import os
 import sys
 
-from loadgate.native.bench_report import build_report, format_report
-from loadgate.native.engine import EngineConfig, RequestTemplate, TargetSpec, run_once
+from loadgate.native.bench_report import build_report, format_report, interval_row
+from loadgate.native.engine import EngineConfig, LoadRun, RequestTemplate, TargetSpec
 from loadgate.native.engine_config import RotateMode
 from loadgate.native.errors import ConfigError
 from loadgate.native.schedule import ArrivalModel, ClosedLoop, make_schedule
@@ -108,35 +109,95 @@ def _progress(snapshot):
           f"p99 {p99}us  lag max {snapshot.max_lag_us}us", flush=True)
 
 
-def write_hlog(path, result):
-    """Latency per interval untagged (what HdrHistogram tools plot by default); service time
-    and schedule lag tagged ``service_time`` and ``schedule_lag``."""
-    from loadgate.native.hlog import HlogWriter
+def _silence_stdout():
+    # What Python's docs advise on EPIPE: whatever is still buffered or printed later goes
+    # to /dev/null, so neither this command nor the interpreter's exit raises again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
-    intervals = [s for s in result.intervals if s.end_ns > s.start_ns]
-    start = intervals[0].start_ns / 1e9 if intervals else result.totals.start_ns / 1e9
-    with open(path, "w") as f:
-        writer = HlogWriter(f, start_time=start)
-        for snapshot in intervals:
-            combined = snapshot.combined()
-            begin, end = snapshot.start_ns / 1e9, snapshot.end_ns / 1e9
-            writer.write_interval(combined.latency, begin, end)
-            writer.write_interval(combined.service_time, begin, end, tag="service_time")
-            writer.write_interval(combined.schedule_lag, begin, end, tag="schedule_lag")
+
+class _Intervals:
+    """Takes each merged interval as the run hands it out: keeps its report row, writes its
+    histograms to the interval log, prints its progress line.  When stdout's reader has gone
+    (``bench ... | head``) the run is stopped, as by Ctrl-C, and the files are still written."""
+
+    def __init__(self, run, hlog_file, progress):
+        self.run = run
+        self.rows = []
+        self.hlog_file = hlog_file
+        self.writer = None
+        self.progress = progress
+        self.reader_gone = False
+
+    def __call__(self, snapshot):
+        self.rows.append(interval_row(snapshot))
+        if self.hlog_file is not None and snapshot.end_ns > snapshot.start_ns:
+            self._write_hlog(snapshot)
+        if self.progress and not self.reader_gone:
+            try:
+                _progress(snapshot)
+            except BrokenPipeError:
+                self.lost_reader()
+
+    def lost_reader(self):
+        if not self.reader_gone:
+            self.reader_gone = True
+            _silence_stdout()
+            self.run.stop()
+
+    def finish(self, start_ns):
+        """A run with no interval of any length still leaves a valid (empty) log."""
+        if self.hlog_file is not None and self.writer is None:
+            from loadgate.native.hlog import HlogWriter
+
+            self.writer = HlogWriter(self.hlog_file, start_time=start_ns / 1e9)
+
+    def _write_hlog(self, snapshot):
+        """Latency untagged (what HdrHistogram tools plot by default); service time and
+        schedule lag tagged ``service_time`` and ``schedule_lag``."""
+        from loadgate.native.hlog import HlogWriter
+
+        begin, end = snapshot.start_ns / 1e9, snapshot.end_ns / 1e9
+        if self.writer is None:
+            self.writer = HlogWriter(self.hlog_file, start_time=begin)
+        combined = snapshot.combined()
+        self.writer.write_interval(combined.latency, begin, end)
+        self.writer.write_interval(combined.service_time, begin, end, tag="service_time")
+        self.writer.write_interval(combined.schedule_lag, begin, end, tag="schedule_lag")
+
+
+def _open_output(path):
+    try:
+        return open(path, "w")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path!r}: {exc.strerror}") from None
 
 
 def run(args):
     config = config_from_args(args)
-    result = run_once(config, workers=args.workers, on_interval=None if args.quiet else _progress)
-    report = build_report(result, config, args.url, len(result.workers))
-    print(format_report(report))
+    hlog_file = _open_output(args.hlog) if args.hlog else None
+    try:
+        load_run = LoadRun(config, args.workers)
+        intervals = _Intervals(load_run, hlog_file, progress=not args.quiet)
+        load_run.start()
+        result = load_run.drain(intervals)
+        intervals.finish(result.totals.start_ns)
+    finally:
+        if hlog_file is not None:
+            hlog_file.close()
+    report = build_report(result, config, args.url, len(result.workers), intervals.rows)
     if args.json:
-        with open(args.json, "w") as f:
+        with _open_output(args.json) as f:
             json.dump(report, f, indent=2)
             f.write("\n")
-    if args.hlog:
-        write_hlog(args.hlog, result)
+    if not intervals.reader_gone:
+        try:
+            print(format_report(report))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            intervals.lost_reader()
     if result.worker_errors:
         print("\n".join(result.worker_errors), file=sys.stderr)
         return 1
-    return 0
+    return 1 if intervals.reader_gone else 0

@@ -45,7 +45,7 @@ def summarize(hist):
 
 
 def _lag_growing(intervals):
-    lags = [s.max_lag_us for s in intervals if s.sent]
+    lags = [row["max_lag_us"] for row in intervals if row["sent"]]
     if len(lags) < 3:
         return False
     third = len(lags) // 3
@@ -53,8 +53,9 @@ def _lag_growing(intervals):
     return last > LAG_P99_LIMIT_US and last > LAG_GROWTH * max(first, 1)
 
 
-def generator_warnings(result, workers):
-    """Why the generator, not the target, may have set the pace (empty when it kept up)."""
+def generator_warnings(result, workers, intervals=()):
+    """Why the generator, not the target, may have set the pace (empty when it kept up);
+    ``intervals`` are the run's interval rows (``interval_row``), oldest first."""
     totals = result.totals
     combined = totals.combined()
     warnings = []
@@ -71,17 +72,18 @@ def generator_warnings(result, workers):
     lag_p99 = combined.schedule_lag.value_at_percentile(99.0)
     if result.open_loop and lag_p99 > LAG_P99_LIMIT_US:
         warnings.append(f"schedule lag p99 {lag_p99} us: sends missed their instants")
-    if result.open_loop and _lag_growing(result.intervals):
+    if result.open_loop and _lag_growing(intervals):
         warnings.append("schedule lag grew during the run")
     warnings.extend(result.worker_errors)
     return warnings
 
 
-def _interval(snapshot, origin_ns):
+def interval_row(snapshot):
+    """The few numbers the report keeps of one merged interval (its histograms are let go);
+    ``start_ns``/``end_ns`` become ``start_s``/``end_s`` in ``build_report``."""
     combined = snapshot.combined()
     p50, p99 = combined.latency.percentiles([50.0, 99.0])
-    return {"index": snapshot.index, "start_s": round((snapshot.start_ns - origin_ns) / 1e9, 6),
-            "end_s": round((snapshot.end_ns - origin_ns) / 1e9, 6),
+    return {"index": snapshot.index, "start_ns": snapshot.start_ns, "end_ns": snapshot.end_ns,
             "intended": snapshot.intended, "sent": snapshot.sent,
             "completed": combined.completed, "errors": combined.errors,
             "timeouts": combined.timeouts, "latency_p50": p50, "latency_p99": p99,
@@ -89,15 +91,23 @@ def _interval(snapshot, origin_ns):
             "cpu_seconds": round(snapshot.cpu_seconds, 6)}
 
 
-def build_report(result, config, url, workers):
-    """The schema-1 document for a RunResult of ``config`` run on ``workers`` workers."""
+def _interval(row, origin_ns):
+    times = {"start_s": round((row["start_ns"] - origin_ns) / 1e9, 6),
+             "end_s": round((row["end_ns"] - origin_ns) / 1e9, 6)}
+    rest = {k: v for k, v in row.items() if k not in ("start_ns", "end_ns", "index")}
+    return {"index": row["index"], **times, **rest}
+
+
+def build_report(result, config, url, workers, intervals=()):
+    """The schema-1 document for a RunResult of ``config`` run on ``workers`` workers, with
+    ``intervals`` its interval rows (``interval_row``) in order."""
     totals = result.totals
     combined = totals.combined()
     schedule = config.schedule
     duration = schedule.duration_s
     outcomes = combined.outcomes
-    warnings = generator_warnings(result, workers)
-    origin = result.intervals[0].start_ns if result.intervals else totals.start_ns
+    warnings = generator_warnings(result, workers, intervals)
+    origin = intervals[0]["start_ns"] if intervals else totals.start_ns
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "loadgate bench",
@@ -135,7 +145,7 @@ def build_report(result, config, url, workers):
             "warning": bool(warnings),
             "warnings": warnings,
         },
-        "intervals": [_interval(s, origin) for s in result.intervals],
+        "intervals": [_interval(row, origin) for row in intervals],
     }
 
 

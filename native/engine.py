@@ -5,6 +5,10 @@ own uvloop, see engine_worker.py and the hot path in _engine.pyx), merges the wo
 snapshots interval by interval into ``snapshots`` and their totals into a ``RunResult``.
 Every method is thread-safe, and none blocks for long, so an asyncio program can call them.
 
+Memory is bounded over a run of any length: the run keeps only running totals, and each
+merged interval lives until its reader takes it from ``snapshots`` (``drain`` and ``run_once``
+always do), so whoever wants per-interval data keeps what it needs of each one.
+
 Accounting: every arrival the schedule produces ends in exactly one Outcome, so
 ``result.scheduled == result.totals.combined().finished``.
 """
@@ -135,6 +139,25 @@ class LoadRun:
                 process.wait()
         return self._result
 
+    def drain(self, on_interval=None):
+        """Takes every merged interval from ``snapshots``, calling ``on_interval(snapshot)``
+        (in this thread) on each, up to the final one; returns the RunResult.  Ctrl-C, or
+        ``stop()`` from anywhere (on_interval included), stops the run, which still ends fully
+        accounted and still hands every interval to on_interval."""
+        snapshot = None
+        stopping = False
+        while snapshot is None or not snapshot.final:
+            try:
+                snapshot = self.snapshots.get()
+                if on_interval is not None:
+                    on_interval(snapshot)
+            except KeyboardInterrupt:
+                if stopping:
+                    raise
+                stopping = True
+                self.stop()
+        return self.join()
+
     def _collect(self, start_at_ns):
         collector = _Collector(self.workers, self.snapshots)
         pipes = dict(enumerate(self._pipes))
@@ -175,7 +198,8 @@ class LoadRun:
 
 class _Collector:
     """Merges the workers' snapshots by interval index and hands each merged interval out as
-    soon as every worker still running has reported it."""
+    soon as every worker still running has reported it.  What it keeps is bounded: the
+    intervals still waiting for a worker, and one running total per worker and for the run."""
 
     def __init__(self, workers, out):
         self.out = out
@@ -185,7 +209,9 @@ class _Collector:
         self.totals = [None] * workers
         self.scheduled = [0] * workers
         self.errors = []
-        self.intervals = []
+        self.run_total = None
+        self.peak_connections = 0
+        self.final_sent = False
         self.next_index = 0
 
     def add(self, worker, snapshot):
@@ -223,24 +249,28 @@ class _Collector:
             if snapshot is None:
                 continue
             snapshot.final = final and not self.pending
-            self.intervals.append(snapshot)
-            self.out.put(snapshot)
+            self._hand_out(snapshot)
+
+    def _hand_out(self, snapshot):
+        if self.run_total is None:
+            self.run_total = IntervalSnapshot(0, snapshot.start_ns, snapshot.end_ns)
+        self.run_total.merge(snapshot)
+        # A gauge, not a count: merged over time it is the peak, not the sum.
+        self.peak_connections = max(self.peak_connections, snapshot.open_connections)
+        self.final_sent = snapshot.final
+        self.out.put(snapshot)
 
     def result(self, open_loop):
-        if not self.intervals or not self.intervals[-1].final:
+        if not self.final_sent:
             now = time.time_ns()
-            self.intervals.append(IntervalSnapshot(self.next_index, now, now, final=True))
-            self.out.put(self.intervals[-1])
-        totals = IntervalSnapshot(0, self.intervals[0].start_ns, self.intervals[-1].end_ns)
-        for snapshot in self.intervals:
-            totals.merge(snapshot)
+            self._hand_out(IntervalSnapshot(self.next_index, now, now, final=True))
+        totals = self.run_total
         totals.final = True
-        # A gauge, not a count: merged over time it is the peak, not the sum.
-        totals.open_connections = max(s.open_connections for s in self.intervals)
+        totals.open_connections = self.peak_connections
         workers = [t if t is not None else IntervalSnapshot(0, 0, 0) for t in self.totals]
         return RunResult(totals=totals, scheduled=sum(self.scheduled), open_loop=open_loop,
                          workers=workers, worker_scheduled=list(self.scheduled),
-                         intervals=list(self.intervals), worker_errors=list(self.errors))
+                         worker_errors=list(self.errors))
 
 
 def run_once(config, workers=None, on_interval=None, start_at_ns=None):
@@ -249,14 +279,4 @@ def run_once(config, workers=None, on_interval=None, start_at_ns=None):
     and still returns its result."""
     run = LoadRun(config, workers)
     run.start(start_at_ns)
-    try:
-        while on_interval is not None:
-            snapshot = run.snapshots.get()
-            on_interval(snapshot)
-            if snapshot.final:
-                break
-        return run.join()
-    except KeyboardInterrupt:
-        # Stopping still yields a result: what was measured up to now, fully accounted.
-        run.stop()
-        return run.join()
+    return run.drain(on_interval)

@@ -120,15 +120,15 @@ class IntervalSnapshot:
 class RunResult:
     """A finished run.  ``totals`` is the merge of every snapshot; ``scheduled`` the arrivals
     the schedule produced (with any live rate changes), each accounted for by exactly one
-    outcome.  ``workers`` holds each worker's own totals, ``intervals`` the merged snapshots
-    in order; ``worker_errors`` describes workers that failed instead of finishing."""
+    outcome.  ``workers`` holds each worker's own totals; ``worker_errors`` describes workers
+    that failed instead of finishing.  Per-interval snapshots are not kept here (a long run
+    would grow without bound): LoadRun hands each one out as it is merged."""
 
     totals: IntervalSnapshot
     scheduled: int
     open_loop: bool
     workers: list = field(default_factory=list)
     worker_scheduled: list = field(default_factory=list)
-    intervals: list = field(default_factory=list)
     worker_errors: list = field(default_factory=list)
 
     @property

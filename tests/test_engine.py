@@ -17,8 +17,10 @@ from test_engine_support import (RecordingServer, closed_port, config, outcome_c
 
 def test_every_arrival_is_accounted_for_and_workers_merge_exactly():
     schedule = ConstantRate(500, 1.0)
+    intervals = []
     with target() as url:
-        result = run_once(config(url + "/", schedule, connections=4), workers=2)
+        result = run_once(config(url + "/", schedule, connections=4), workers=2,
+                          on_interval=intervals.append)
         served = target_stats(url)
     total = result.totals.combined()
     assert result.scheduled == schedule.total_count() == 500
@@ -35,12 +37,12 @@ def test_every_arrival_is_accounted_for_and_workers_merge_exactly():
     assert by_worker.combined().schedule_lag == total.schedule_lag
     assert by_worker.intended == result.totals.intended == 500
     # so does the stream of merged intervals, which ends with exactly one final snapshot
-    assert [s.final for s in result.intervals] == [False] * (len(result.intervals) - 1) + [True]
+    assert [s.final for s in intervals] == [False] * (len(intervals) - 1) + [True]
     by_interval = Histogram()
-    for snapshot in result.intervals:
+    for snapshot in intervals:
         by_interval.add(snapshot.targets["t"].latency)
     assert by_interval == total.latency
-    assert sum(s.sent for s in result.intervals) == 500
+    assert sum(s.sent for s in intervals) == 500
 
 
 def test_poisson_arrivals_split_across_workers_are_all_accounted_for():
@@ -138,11 +140,11 @@ def test_weights_change_live():
         urls = {"a": (server.url + "/a", 1.0), "b": (server.url + "/b", 1.0)}
         run = LoadRun(config(urls, schedule, connections=2, interval_s=0.25), workers=1)
         run.start()
-        run.snapshots.get(timeout=30)
+        intervals = [run.snapshots.get(timeout=30)]
         run.set_weights({"a": 0.0})
-        result = run.join(timeout=30)
+        result = run.drain(intervals.append)
     assert result.scheduled == 600 == result.totals.combined().finished
-    sent_to_a = [s.targets["a"].sent for s in result.intervals if s.sent]
+    sent_to_a = [s.targets["a"].sent for s in intervals if s.sent]
     # from the interval where the change landed on, "a" gets nothing and "b" everything
     switch = sent_to_a.index(0)
     assert switch >= 1 and set(sent_to_a[switch:]) == {0}
@@ -246,11 +248,12 @@ def test_a_run_stopped_before_its_start_counts_every_arrival_not_sent():
         run = LoadRun(config(url + "/", schedule, connections=1), workers=2)
         run.start(start_at_ns=time.time_ns() + 30_000_000_000)
         run.stop()
-        result = run.join(timeout=30)
+        intervals = []
+        result = run.drain(intervals.append)
     total = result.totals.combined()
     assert result.scheduled == 200
     assert outcome_counts(total) == {Outcome.NOT_SENT: 200}
-    assert total.sent == 0 and result.intervals[-1].final
+    assert total.sent == 0 and [s.final for s in intervals][-1:] == [True]
 
 
 def test_a_pacing_window_batches_sends_and_responses_keep_their_arrival_time():
