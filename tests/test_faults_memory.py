@@ -34,10 +34,6 @@ def agent_rss(agent):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (native/engine.py _Collector._emit: self.intervals.append(snapshot); RunResult."
-    "intervals): LoadRun keeps every merged interval snapshot, three full histograms each "
-    "(~100 KiB), for the whole run; the agent's RSS grows ~6 MiB per minute at 1 s intervals"))
 def test_agent_memory_does_not_grow_with_the_intervals_of_a_run():
     target, host, port = start_target_process(["--latency", "lognormal:2ms:1.5"])
     try:
