@@ -214,6 +214,14 @@ def render_summary(verdict, run_dir):
         lines.append(f"  {gate.status.value} {gate.name} in {gate.window}: "
                      f"measured {_figure(gate.measured, gate.unit)} against "
                      f"{_figure(gate.threshold, gate.unit)} ({gate.samples} samples)")
+    if failed:
+        beside = sorted((g for g in verdict.gates if g.window == failed[0].window and
+                         g.status is not GateStatus.FAIL and g.measured == g.measured),
+                        key=lambda g: not g.name.startswith("relative."))
+        if beside:
+            lines.append("  in the same window: " + ", ".join(
+                f"{g.name} {_figure(g.measured, g.unit)} ({g.status.value})"
+                for g in beside[:4]))
     rolled = [s for s in verdict.steps if s.get("phase") == StepPhase.CANARY.value]
     if rolled:
         last = rolled[-1]
