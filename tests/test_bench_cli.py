@@ -146,3 +146,53 @@ def test_ctrl_c_stops_the_run_and_still_reports_every_request(tmp_path):
     assert requests["scheduled"] == (requests["completed"] + sum(requests["errors"].values())
                                      + requests["timeouts"] + requests["not_sent"])
     assert "latency" in stdout
+
+
+def test_a_reader_that_goes_away_stops_the_run_quietly(tmp_path):
+    # `loadgate bench ... | head -1`: the pipe closes after the first line.  The run stops as
+    # on Ctrl-C, still accounts for every request and writes its files, and exits without a
+    # BrokenPipeError traceback.
+    out, hlog = tmp_path / "run.json", tmp_path / "run.hlog"
+    with target() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadgate.controller.cli", "bench", url + "/", "-R", "200",
+             "-d", "30s", "-t", "1", "--interval", "250ms", "--json", str(out),
+             "--hlog", str(hlog)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("[")
+            proc.stdout.close()
+            stderr = proc.stderr.read()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    report = json.loads(out.read_text())
+    requests = report["requests"]
+    assert requests["scheduled"] == 6000 and requests["not_sent"] > 3000
+    assert requests["scheduled"] == (requests["completed"] + sum(requests["errors"].values())
+                                     + requests["timeouts"] + requests["not_sent"])
+    logged = sum(hist.total_count for tag, _, _, hist in read_hlog(str(hlog)) if tag is None)
+    assert logged == report["latency"]["count"] >= requests["completed"] > 0
+
+
+def test_a_closed_stdout_at_the_summary_is_quiet_too():
+    # -q prints only the summary at the end; its reader is gone before then.
+    with target() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadgate.controller.cli", "bench", url + "/", "-R", "100",
+             "-d", "300ms", "-t", "1", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()
+        try:
+            stderr = proc.stderr.read()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
