@@ -229,8 +229,13 @@ def render_summary(verdict, run_dir):
                      f"{last['status']}" + (", rolled back" if any(
                          s.get("rolled_back") for s in verdict.stages) else ""))
     if verdict.status is VerdictStatus.PASS:
-        passed = len(verdict.gates)
-        lines.append(f"Every gate passed ({passed} judged).")
+        lines.append(f"Every gate passed ({len(verdict.gates)} judged).")
+        last = [g for g in verdict.gates if verdict.gates and
+                g.window == verdict.gates[-1].window and ".latency." in g.name]
+        if last:
+            lines.append(f"  {last[0].window}: " + ", ".join(
+                f"{g.name} {_figure(g.measured, g.unit)} ({g.samples} samples)"
+                for g in last))
     lines += [f"Reason: {reason}" for reason in verdict.reasons[:3]]
     if verdict.next_steps:
         lines.append("Next Steps:")
