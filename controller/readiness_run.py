@@ -230,8 +230,8 @@ def render_summary(verdict, run_dir):
                          s.get("rolled_back") for s in verdict.stages) else ""))
     if verdict.status is VerdictStatus.PASS:
         lines.append(f"Every gate passed ({len(verdict.gates)} judged).")
-        last = [g for g in verdict.gates if verdict.gates and
-                g.window == verdict.gates[-1].window and ".latency." in g.name]
+        window = verdict.gates[-1].window if verdict.gates else None
+        last = [g for g in verdict.gates if g.window == window and ".latency." in g.name]
         if last:
             lines.append(f"  {last[0].window}: " + ", ".join(
                 f"{g.name} {_figure(g.measured, g.unit)} ({g.samples} samples)"

@@ -20,7 +20,8 @@ from loadgate.controller import gate_cli
 from loadgate.controller.plan import load_plan, parse_plan
 from loadgate.controller.readiness_run import (
     LOCAL_AGENTS_FILE, is_readiness_plan, is_readiness_run, render_summary, run_readiness)
-from loadgate.controller.verdict import load
+from loadgate.controller.gates import GateResult, GateStatus
+from loadgate.controller.verdict import Verdict, VerdictStatus, load
 from loadgate.native.target import start_target_process, stop_target_process
 
 # Baseline and canary are two routes of one target process: two processes on this shared
@@ -90,6 +91,50 @@ def test_only_a_readiness_journal_is_resumed_as_a_readiness_run(tmp_path):
     assert not is_readiness_run(str(tmp_path))
     (tmp_path / "journal.jsonl").write_text('{"kind": "plan", "time": 1, "plan": {}}\n')
     assert is_readiness_run(str(tmp_path))
+
+
+def gate(name, status, measured, window="canary step 2 (25%)", unit="ms"):
+    return GateResult(name, measured, 200.0, window, 400, GateStatus(status), "why", unit)
+
+
+def verdict_of(status, gates, steps=(), stages=()):
+    return Verdict(status=VerdictStatus(status), run_status="failed", recommendation=(
+        "DEPLOY" if status == "PASS" else "DO NOT DEPLOY"), marker="[OTKAT]",
+        deployment={"id": "D-1"}, classification=[], overrides=[], gates=list(gates),
+        reasons=["canary step 2 (25%) failed"], next_steps=["Fix it", "Re-run"],
+        stages=list(stages), steps=list(steps))
+
+
+def test_the_summary_names_the_failed_gate_its_window_and_the_figures_beside_it(tmp_path):
+    (tmp_path / "report.md").write_text("x")
+    verdict = verdict_of("FAIL", [
+        gate("canary.latency.p95", "PASS", 20.0, window="canary step 1 (5%)"),
+        gate("canary.latency.p95", "PASS", 61.0),
+        gate("relative.p95_ratio", "INCONCLUSIVE", 1.41, unit="x"),
+        gate("relative.mann-whitney", "FAIL", 23.1, unit="pts")],
+        steps=[{"phase": "canary", "window": "canary step 1 (5%)", "status": "PASS"},
+               {"phase": "canary", "window": "canary step 2 (25%)", "status": "FAIL"}],
+        stages=[{"node": "deployment.staging", "rolled_back": True}])
+    text = render_summary(verdict, str(tmp_path))
+    lines = text.splitlines()
+    assert lines[1] == "Deployment D-1: FAIL [OTKAT]"
+    assert lines[2] == "Recommendation: DO NOT DEPLOY"
+    assert lines[3] == ("  FAIL relative.mann-whitney in canary step 2 (25%): measured 23.1 pts "
+                        "against 200 pts (400 samples)")
+    assert lines[4] == ("  in the same window: relative.p95_ratio 1.41 x (INCONCLUSIVE), "
+                        "canary.latency.p95 61 ms (PASS)")
+    assert "Canary: 2 step(s) judged, last canary step 2 (25%) FAIL, rolled back" in lines
+    assert "Next Steps:" in lines and "  2. Re-run" in lines
+    assert f"  {tmp_path / 'report.md'}" in lines and str(tmp_path / "report.html") not in text
+
+
+def test_an_inconclusive_summary_names_the_gates_that_lacked_evidence(tmp_path):
+    verdict = verdict_of("INCONCLUSIVE", [
+        gate("canary.latency.p99", "INCONCLUSIVE", float("nan")),
+        gate("canary.latency.p95", "PASS", 30.0)])
+    text = render_summary(verdict, str(tmp_path))
+    assert "  INCONCLUSIVE canary.latency.p99 in canary step 2 (25%): measured n/a" in text
+    assert "canary.latency.p95" not in text
 
 
 @pytest.mark.slow
