@@ -16,6 +16,7 @@ import time
 import pytest
 from rich.console import Console
 
+from agent_helpers import start_agent
 from loadgate.controller import gate_cli
 from loadgate.controller.plan import load_plan, parse_plan
 from loadgate.controller.readiness_run import (
@@ -235,12 +236,14 @@ def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, target):
 
 @pytest.mark.slow
 def test_live_progress_shows_the_stages_the_window_and_each_target(tmp_path, target):
+    """Also the path with agents named by the caller: none is started or recorded."""
     path = tmp_path / "plan.yaml"
     path.write_text(plan_text(target, hold="1s", steps="[50, 100]"))
     screen = Console(file=io.StringIO(), force_terminal=True, width=120)
     out = io.StringIO()
-    verdict = run_readiness(load_plan(str(path)), tmp_path / "run", workers=1, out=out,
-                            console=screen)
+    with start_agent(["--workers", "1"]) as agent:
+        verdict = run_readiness(load_plan(str(path)), tmp_path / "run", out=out,
+                                console=screen, agents=[agent.address])
     assert verdict.status.value == "PASS", out.getvalue()
     shown = screen.file.getvalue()
     for text in ("Infrastructure Validation", "[SV:ZAVERSHENO]", "canary step 1 (50%)",
@@ -248,6 +251,7 @@ def test_live_progress_shows_the_stages_the_window_and_each_target(tmp_path, tar
         assert text in shown, text
     assert "Recommendation: DEPLOY" in out.getvalue()
     assert not (tmp_path / "run" / LOCAL_AGENTS_FILE).exists()
+    assert not (tmp_path / "run" / "load" / "agents").exists()
 
 
 @pytest.mark.slow
