@@ -11,10 +11,11 @@ import json
 import os
 
 from loadgate.controller.classify import classify, stage_graph
-from loadgate.controller.journal import RecordKind
+from loadgate.controller.journal import RecordKind, read_journal
 from loadgate.controller.merge import WIRE_OF_OUTCOME, Metric
 from loadgate.controller.plan import Plan
 from loadgate.controller.plan_model import TargetRole
+from loadgate.controller.readiness import JOURNAL_NAME
 from loadgate.controller.states import Node, State, StateMachine
 from loadgate.controller.verdict import RunStatus
 from loadgate.proto.loadgate.v1 import common_pb2, controller_pb2
@@ -48,10 +49,9 @@ class RunView:
         self.live = live
 
     @classmethod
-    def from_run_dir(cls, run_dir, journal_name="journal.jsonl"):
+    def from_run_dir(cls, run_dir):
         """The view of a run journaled in run_dir (None if it holds no readiness journal)."""
-        from loadgate.controller.journal import read_journal
-        records = list(read_journal(os.path.join(run_dir, journal_name)))
+        records = list(read_journal(os.path.join(run_dir, JOURNAL_NAME)))
         if not records or records[0].get("kind") != RecordKind.PLAN.value:
             return None
         plan = Plan.from_dict(records[0]["plan"], records[0]["source"])
