@@ -92,6 +92,13 @@ class LoadRun:
                                                name="loadgate-engine-collector", daemon=True)
             self._collector.start()
 
+    @property
+    def worker_pids(self):
+        """The workers' process ids (empty before ``start``): to watch their CPU and memory,
+        or to change their scheduling priority."""
+        with self._lock:
+            return [process.pid for process in self._processes]
+
     def _send_all(self, message, payload=None):
         with self._lock:
             for pipe in self._pipes:

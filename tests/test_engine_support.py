@@ -28,14 +28,19 @@ def target(*args, favoured=False):
     answers when its injected behaviour says (a test comparing against a computed truth)."""
     proc, host, port = start_target_process(list(args))
     if favoured:
-        try:
-            os.setpriority(os.PRIO_PROCESS, proc.pid, -10)
-        except PermissionError:
-            pass
+        favour(proc.pid)
     try:
         yield f"http://{host}:{port}"
     finally:
         stop_target_process(proc)
+
+
+def favour(pid):
+    """Raises process ``pid`` to a higher scheduling priority where that is permitted."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, -10)
+    except PermissionError:
+        pass
 
 
 def target_stats(base_url):
