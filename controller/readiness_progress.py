@@ -79,6 +79,10 @@ class ReadinessProgress:
         self._waiting_told = False
         self._live = Live(console=self.console, auto_refresh=False, transient=False) \
             if self.live else None
+        # What a resumed run journaled before is history, not news: only its latest state
+        # is shown.
+        for record in self._tail.new_records():
+            self._take(record, echo=False)
 
     def __enter__(self):
         if self._live is not None:
@@ -93,24 +97,26 @@ class ReadinessProgress:
 
     def update(self):
         for record in self._tail.new_records():
-            kind = record.get("kind")
-            if kind == RecordKind.TRANSITION.value:
-                self.latest = record
-                if self.enabled and not self.live:
-                    self.console.print(_transition_line(record), markup=False,
-                                       highlight=False, soft_wrap=True)
-            elif kind == RecordKind.STEP.value and \
-                    record.get("phase") == StepPhase.EVALUATION.value:
-                self.evaluation = record
-            elif kind == RecordKind.STEP.value and \
-                    record.get("phase") == StepPhase.APPROVAL.value and not self._waiting_told:
-                self._waiting_told = True
-                # Said even without progress: the run cannot go on until a person acts.
-                self.console.print(f"waiting for approval: loadgate approve "
-                                   f"{self.readiness.run_dir} --who NAME --reason WHY",
-                                   markup=False, highlight=False, soft_wrap=True)
+            self._take(record, echo=True)
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
+
+    def _take(self, record, echo):
+        kind = record.get("kind")
+        if kind == RecordKind.TRANSITION.value:
+            self.latest = record
+            if echo and self.enabled and not self.live:
+                self.console.print(_transition_line(record), markup=False, highlight=False,
+                                   soft_wrap=True)
+        elif kind == RecordKind.STEP.value and record.get("phase") == StepPhase.EVALUATION.value:
+            self.evaluation = record
+        elif kind == RecordKind.STEP.value and record.get("phase") == StepPhase.APPROVAL.value \
+                and not self._waiting_told and self.readiness.approval is None:
+            self._waiting_told = True
+            # Said even without progress: the run cannot go on until a person acts.
+            self.console.print(f"waiting for approval: loadgate approve "
+                               f"{self.readiness.run_dir} --who NAME --reason WHY",
+                               markup=False, highlight=False, soft_wrap=True)
 
     def render(self):
         readiness = self.readiness

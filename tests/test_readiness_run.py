@@ -214,6 +214,8 @@ def test_a_killed_controller_resumes_at_the_step_it_was_in(tmp_path, target):
     resumed = subprocess.run(CLI + ["run", "--resume", str(run_dir), "--workers", "1"],
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # Its progress tells what this controller did, not the history it took over.
+    assert "deployment.staging:" in resumed.stderr and "infrastructure" not in resumed.stderr
     assert not any(alive(pid) for pid in left)
     steps = canary_steps(run_dir)
     assert steps == [(0, 25, "PASS"), (1, 50, "PASS"), (2, 100, "PASS")]
