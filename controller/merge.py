@@ -359,11 +359,3 @@ class AgentTotals:
         if interval.final:
             self.finished = True
             self.scheduled_total = interval.scheduled_total
-
-
-def __getattr__(name):
-    # Report checking moved to runner_reports; code that imported it from here still works.
-    if name in ("AgentStream", "HistogramLayout", "Rejection", "RejectReason"):
-        from loadgate.controller import runner_reports
-        return getattr(runner_reports, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,7 +37,7 @@ class AgentSession:
     address: str
     client: object  # AgentClient
     state: AgentState = AgentState.CONNECTING
-    stream: object = None  # merge.AgentStream once prepared
+    stream: object = None  # runner_reports.AgentStream once prepared
     shard_requests: int = 0
     workers: int = 0
     rate_scale: float = 1.0

@@ -214,3 +214,10 @@ def test_journal_ignores_a_torn_last_line(tmp_path):
     with open(tmp_path / "j.jsonl", "ab") as f:
         f.write(b'{"kind":"report","ag')
     assert [k for k, _ in read_journal(tmp_path / "j.jsonl")] == [RecordKind.RUN]
+
+
+def test_merge_serves_no_report_checking_names():
+    # Report checking lives in runner_reports only; a second way in hides stale imports.
+    from loadgate.controller import merge
+    for name in ("AgentStream", "HistogramLayout", "Rejection", "RejectReason"):
+        assert not hasattr(merge, name), name

@@ -9,8 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_helpers import Pinger, run_spec, start_agent
 from loadgate.agent.metrics import AgentMetrics
-from loadgate.controller.merge import AgentStream, HistogramLayout, IntervalMerger
+from loadgate.controller.merge import IntervalMerger
 from loadgate.controller.metrics import ControllerMetrics
+from loadgate.controller.runner_reports import AgentStream, HistogramLayout
 from loadgate.native import metric_names as names
 from loadgate.native._hdr import Histogram
 from loadgate.native.target import start_target_process, stop_target_process

@@ -12,11 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadgate.agent.metrics import AgentMetrics
 from loadgate.controller.cli import main as cli_main
-from loadgate.controller.merge import AgentStream, HistogramLayout, IntervalMerger
+from loadgate.controller.merge import IntervalMerger
 from loadgate.controller.metrics import ControllerMetrics
 from loadgate.controller.monitoring import (
     AlertName, alert_rules, dashboard, dashboard_expressions, rules_document, write_monitoring)
 from loadgate.controller.plan import parse_plan
+from loadgate.controller.runner_reports import AgentStream, HistogramLayout
 from test_metrics_export import make_report, telemetry_sample
 
 PROMTOOL = shutil.which("promtool")
