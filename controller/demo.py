@@ -127,6 +127,16 @@ def demo_plan(url, rate, hold_s, healthy):
         "hooks": {"rollback": {"command": [
             "sh", "-c", 'echo "rollback: canary weight set to $LOADGATE_WEIGHT%" '
                         '>> rollback.log']}},
+        "overrides": [
+            {"key": "canary.hold", "reason": "a demo holds each step seconds, not minutes; "
+                                             "the minimum-sample rule still decides"},
+            {"key": "monitoring.post_deploy_window",
+             "reason": "a demo watches the deployed canary for one hold"},
+            {"key": "gates.relative.min_effect",
+             "reason": "on a shared machine shifts under 15 points are scheduling noise"},
+            {"key": "gates.relative.ratios.p99",
+             "reason": "a 5% step's few hundred samples bound a busy machine's p99 ratio "
+                       "only this tightly"}],
         "rollback": {"strategy": "traffic back to the baseline", "rto": "30s",
                      "procedure": "the agents shift every request to the baseline"},
     }
