@@ -150,19 +150,19 @@ def run_hypothesis(target, examples, seconds):
         strategy = st.one_of(st.binary(max_size=4096),
                              st.sampled_from(seeds(target, modules)).flatmap(_mutations))
     done = {"count": 0}
-    deadline = time.monotonic() + seconds
 
-    @settings(max_examples=examples, deadline=None, database=None,
+    # Batches, each with a fresh random seed, until the budget is spent: hypothesis has no
+    # time limit of its own.
+    @settings(max_examples=min(examples, 200), deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def fuzz(data):
-        if time.monotonic() > deadline:
-            return
         done["count"] += 1
         check(data)
 
     began = time.monotonic()
-    fuzz()
+    while time.monotonic() - began < seconds and done["count"] < examples:
+        fuzz()
     elapsed = time.monotonic() - began
     print(f"hypothesis: {target}: {done['count']} inputs in {elapsed:.1f} s, no failure")
 

@@ -100,10 +100,15 @@ def test_fuzzed_answers_are_each_counted_once_and_never_hang_the_engine(answers)
     counts = outcome_counts(total)
     assert Outcome.TIMEOUT not in counts and Outcome.NOT_SENT not in counts, counts
     assert Outcome.CONNECT_ERROR not in counts
-    assert served == REQUESTS == total.sent
-    # Each well-formed answer lands in its status's class: at least that many per class.
+    # The server closes without saying so; a request the engine sent on such a connection
+    # just before the close arrived is a reset the server never counted (found by the long
+    # run in benchmarks/fuzz_long.py), never a lost or doubled request.
+    assert total.sent == REQUESTS
+    assert 0 <= total.sent - served <= counts.get(Outcome.RESET, 0)
+    # Each well-formed answer served lands in its status's class: at least that many per
+    # class (the server hands answers out in the order requests reach it).
     expected = {}
-    for _, outcome in answers:
+    for _, outcome in answers[:served]:
         if outcome is not None:
             expected[outcome] = expected.get(outcome, 0) + 1
     for outcome, count in expected.items():
