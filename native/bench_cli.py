@@ -2,6 +2,7 @@
 familiar to wrk2 users.  Prints the intended and achieved rate, outcome counts, and the
 latency, service-time and schedule-lag tables; warns when the generator fell behind.
 """
+import contextlib
 import json
 import os
 import sys
@@ -176,21 +177,20 @@ def _open_output(path):
 
 def run(args):
     config = config_from_args(args)
-    hlog_file = _open_output(args.hlog) if args.hlog else None
-    try:
+    with contextlib.ExitStack() as files:
+        # Both files are opened first: a path that cannot be written is an error before any
+        # load is sent, not after the run.
+        json_file = files.enter_context(_open_output(args.json)) if args.json else None
+        hlog_file = files.enter_context(_open_output(args.hlog)) if args.hlog else None
         load_run = LoadRun(config, args.workers)
         intervals = _Intervals(load_run, hlog_file, progress=not args.quiet)
         load_run.start()
         result = load_run.drain(intervals)
         intervals.finish(result.totals.start_ns)
-    finally:
-        if hlog_file is not None:
-            hlog_file.close()
-    report = build_report(result, config, args.url, len(result.workers), intervals.rows)
-    if args.json:
-        with _open_output(args.json) as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        report = build_report(result, config, args.url, len(result.workers), intervals.rows)
+        if json_file is not None:
+            json.dump(report, json_file, indent=2)
+            json_file.write("\n")
     if not intervals.reader_gone:
         try:
             print(format_report(report))

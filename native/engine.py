@@ -150,7 +150,8 @@ class LoadRun:
         """Takes every merged interval from ``snapshots``, calling ``on_interval(snapshot)``
         (in this thread) on each, up to the final one; returns the RunResult.  Ctrl-C, or
         ``stop()`` from anywhere (on_interval included), stops the run, which still ends fully
-        accounted and still hands every interval to on_interval."""
+        accounted and still hands every interval to on_interval.  Any other exception from
+        on_interval stops the run too, then propagates."""
         snapshot = None
         stopping = False
         while snapshot is None or not snapshot.final:
@@ -163,6 +164,9 @@ class LoadRun:
                     raise
                 stopping = True
                 self.stop()
+            except Exception:
+                self.stop()
+                raise
         return self.join()
 
     def _collect(self, start_at_ns):

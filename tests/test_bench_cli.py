@@ -15,7 +15,7 @@ from loadgate.native.errors import ConfigError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ArrivalModel
 
-from test_engine_support import target
+from test_engine_support import RecordingServer, target
 
 SUMMARY_KEYS = {"count", "min", "mean", "p50", "p75", "p90", "p99", "p99.9", "p99.99", "max"}
 
@@ -196,3 +196,14 @@ def test_a_closed_stdout_at_the_summary_is_quiet_too():
                 proc.wait()
     assert proc.returncode == 1
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_an_unwritable_output_is_a_config_error_before_any_load(tmp_path):
+    missing = tmp_path / "missing"
+    with RecordingServer() as server:
+        for flag in ("--json", "--hlog"):
+            done = bench(server.url + "/", "-R", "100", "-d", "300ms", "-t", "1", "-q",
+                         flag, str(missing / "out"))
+            assert done.returncode == ConfigError.exit_code, done.stderr
+            assert "cannot write" in done.stderr
+        assert server.requests == []

@@ -300,3 +300,19 @@ def test_responses_collected_between_sends_at_a_high_rate():
     assert result.scheduled == 1500
     assert outcome_counts(total) == {Outcome.OK_2XX: 1500}
     assert total.service_time.total_count == 1500
+
+
+def test_an_exception_from_on_interval_stops_the_run():
+    def fail(snapshot):
+        raise ValueError("the reader failed")
+
+    with target() as url:
+        run = LoadRun(config(url + "/", ConstantRate(200, 30.0), connections=2,
+                             interval_s=0.25), workers=1)
+        run.start()
+        with pytest.raises(ValueError):
+            run.drain(fail)
+        result = run.join(timeout=30)
+    total = result.totals.combined()
+    assert result.scheduled == 6000 == total.finished
+    assert total.not_sent > 4000
