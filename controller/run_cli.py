@@ -19,6 +19,7 @@ import grpc
 
 from loadgate.controller import readiness_run
 from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
+from loadgate.controller.report_html import write_report_html
 from loadgate.controller.rundir import RunDir
 from loadgate.controller.runner import DistributedRun
 from loadgate.controller.runner_resume import resume_run
@@ -110,6 +111,13 @@ async def _main(args, credentials, metadata):
         if local:
             await asyncio.to_thread(local.stop)
     print(render_summary(summary), end="")
+    if run.write_error:
+        print(f"error: {run.write_error}", file=sys.stderr)
+    else:
+        try:
+            print(f"report: {write_report_html(run.run_dir.path)}")
+        except OSError as exc:
+            print(f"report.html not written: {exc}", file=sys.stderr)
     print(f"run directory: {run.run_dir.path}")
     return EXIT_CODES.get(run.status, 4)
 

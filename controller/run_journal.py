@@ -7,8 +7,13 @@ from the last report it journaled.  Records are appended in batches with one fsy
 the per-report cost low when many agents report at once without ever merging an unsynced
 report.  A torn last line (a crash mid-write) is ignored when reading; any other bad line is
 an error.
+
+A write that fails (disk full, I/O error) raises RunDirWriteError, is cut back off so the
+journal stays whole, and ends the journal: every later append raises the same error, so the
+journal is always a clean prefix of what the run received.
 """
 import base64
+import contextlib
 import enum
 import json
 import os
@@ -17,6 +22,16 @@ import time
 from loadgate.native.errors import InfrastructureError
 
 BLOB_FIELD = "report"  # the base64 protobuf bytes of a REPORT (or REJECTED) record
+
+
+class RunDirWriteError(InfrastructureError):
+    """A file of the run directory could not be written; ``path`` and ``errno`` say which
+    and why."""
+
+    def __init__(self, path, error):
+        super().__init__(f"cannot write {path}: {error}")
+        self.path = path
+        self.errno = error.errno
 
 
 class RecordKind(enum.Enum):
@@ -42,6 +57,7 @@ class RunJournal:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.write_error = None
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             # A torn last line (a crash mid-write) is cut off, or the next record would be
@@ -55,16 +71,27 @@ class RunJournal:
         self.append_many([(kind, fields)])
 
     def append_many(self, records):
-        """Writes ``(kind, fields)`` records with one write and one fsync."""
+        """Writes ``(kind, fields)`` records with one write and one fsync; RunDirWriteError
+        if they are not on disk (then, and after any earlier failure, nothing is written)."""
+        if self.write_error is not None:
+            raise self.write_error
         now = time.time_ns()
         data = ("\n".join(_line(kind, now, fields) for kind, fields in records) + "\n").encode()
+        size = None
         try:
+            size = os.fstat(self._fd).st_size
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
             os.fsync(self._fd)
         except OSError as exc:
-            raise InfrastructureError(f"cannot write journal {self.path}: {exc}") from None
+            self.write_error = RunDirWriteError(self.path, exc)
+            if size is not None:
+                # Records half on disk would glue onto the next; should the cut fail too, a
+                # reopened journal cuts its torn tail itself.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
+            raise self.write_error from None
 
     def close(self):
         if self._fd is not None:

@@ -12,6 +12,7 @@
 The journal is the source of truth; every other file can be rebuilt from it (``--resume``
 does so before carrying on).
 """
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import re
 from google.protobuf import json_format
 
 from loadgate.controller.merge import Metric
-from loadgate.controller.run_journal import RunJournal
+from loadgate.controller.run_journal import RunDirWriteError, RunJournal
 from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native.errors import InfrastructureError
 from loadgate.native.hlog import HlogWriter
@@ -117,35 +118,52 @@ class RunDir:
         self._telemetry = open(self.file(TELEMETRY), "w")
 
     def write_interval(self, merged):
-        """Appends a merged interval to the hlogs and its telemetry to telemetry.jsonl."""
+        """Appends a merged interval to the hlogs and its telemetry to telemetry.jsonl;
+        RunDirWriteError if the disk refuses."""
         # An agent's clock offset is known to within half a round trip, so the first interval
         # may seem to begin a hair before the run; HdrHistogram's log readers skip intervals
         # that start before the log's base time.
         start_s = max(merged.start_ns / 1e9, self._start_s)
         end_s = max(merged.end_ns / 1e9, start_s)
-        for name, totals in merged.targets.items():
-            for metric, histogram in totals.histograms.items():
-                f, writer = self._hlogs[name, metric]
-                writer.write_interval(histogram, start_s, end_s)
-        for agent_id, sample in merged.telemetry:
-            record = {"agent_id": agent_id, "interval_index": merged.index,
-                      **json_format.MessageToDict(sample, preserving_proto_field_name=True)}
-            self._telemetry.write(json.dumps(record, separators=(",", ":")) + "\n")
-        for f, _ in self._hlogs.values():
-            f.flush()
-        self._telemetry.flush()
+        path = self.path
+        try:
+            for name, totals in merged.targets.items():
+                for metric, histogram in totals.histograms.items():
+                    f, writer = self._hlogs[name, metric]
+                    path = f.name
+                    writer.write_interval(histogram, start_s, end_s)
+            path = self._telemetry.name
+            for agent_id, sample in merged.telemetry:
+                record = {"agent_id": agent_id, "interval_index": merged.index,
+                          **json_format.MessageToDict(sample, preserving_proto_field_name=True)}
+                self._telemetry.write(json.dumps(record, separators=(",", ":")) + "\n")
+            for f, _ in self._hlogs.values():
+                path = f.name
+                f.flush()
+            path = self._telemetry.name
+            self._telemetry.flush()
+        except OSError as exc:
+            raise RunDirWriteError(path, exc) from None
 
     def write_summary(self, summary, text):
+        """Writes summary.json and summary.txt; RunDirWriteError if the disk refuses."""
         _write_atomically(self.file(SUMMARY_JSON), json.dumps(summary, indent=2) + "\n")
         _write_atomically(self.file(SUMMARY_TEXT), text)
 
     def close_outputs(self):
-        for f, _ in self._hlogs.values():
-            f.close()
+        """Closes the hlog and telemetry files, every one of them even if some cannot flush
+        what they hold; then RunDirWriteError for the first that could not."""
+        files = [f for f, _ in self._hlogs.values()] + [self._telemetry] * bool(self._telemetry)
         self._hlogs.clear()
-        if self._telemetry:
-            self._telemetry.close()
-            self._telemetry = None
+        self._telemetry = None
+        failure = None
+        for f in files:
+            try:
+                f.close()
+            except OSError as exc:
+                failure = failure or RunDirWriteError(f.name, exc)
+        if failure:
+            raise failure
 
     def close(self):
         self.close_outputs()
@@ -161,4 +179,6 @@ def _write_atomically(path, text):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise InfrastructureError(f"cannot write {path}: {exc}") from None
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise RunDirWriteError(path, exc) from None

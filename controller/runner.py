@@ -35,6 +35,11 @@ from the last accepted seq, reconnecting until the final report, so nothing is l
 doubled).  One ingest task journals accepted reports in fsynced batches and only then merges
 them (runner_ingest).  A watchdog releases overdue intervals and ends the run.  Everything
 runs on one event loop, so the state below is only touched between awaits.
+
+A write the run directory refuses (disk full, I/O error) ends the run FAILED with that error
+as its reason (``write_error``): agents are stopped, the journal keeps every record written
+before it (reports received after it are merged nowhere), intervals still reach listeners,
+and the summary is built in memory and written if the disk takes it.
 """
 import asyncio
 import logging
@@ -43,7 +48,7 @@ import time
 import uuid
 
 from loadgate.controller.merge import IntervalMerger, RunTotals
-from loadgate.controller.run_journal import RecordKind
+from loadgate.controller.run_journal import RecordKind, RunDirWriteError
 from loadgate.controller.runner_agents import AgentClient
 from loadgate.controller.runner_ingest import ReportIngest
 from loadgate.controller.runner_loss import AgentLossMixin
@@ -103,6 +108,7 @@ class DistributedRun(AgentLossMixin):
         self._done = asyncio.Event()
         self._stopping = False
         self._summary = None
+        self.write_error = None  # the first RunDirWriteError of the run
 
     # -- the calling sequence -------------------------------------------------------------
 
@@ -265,6 +271,8 @@ class DistributedRun(AgentLossMixin):
             await coroutine
         except asyncio.CancelledError:
             raise
+        except RunDirWriteError as exc:
+            self._write_failed(exc)
         except Exception as exc:
             log.exception("run %s: internal error", self.run_id)
             if not self._done.is_set():
@@ -290,9 +298,40 @@ class DistributedRun(AgentLossMixin):
     async def _journal_and_merge(self):
         batch = self.ingest.take()
         if batch:
-            # The fsync runs off the loop so heartbeats keep their rhythm while the disk works.
-            await asyncio.to_thread(self.ingest.journal_batch, batch)
+            try:
+                # The fsync runs off the loop so heartbeats keep their rhythm while the disk
+                # works.
+                await asyncio.to_thread(self.ingest.journal_batch, batch)
+            except RunDirWriteError as exc:
+                # Nothing is merged that was not journaled first.
+                self._write_failed(exc)
+                return
             self._emit(self.ingest.merge(batch))
+
+    def _journal(self, kind, **fields):
+        """Appends a record to the journal; a failed write ends the run instead of the
+        caller (load must still be stopped, a lost agent still handled)."""
+        try:
+            self.run_dir.journal.append(kind, **fields)
+        except RunDirWriteError as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc):
+        # The first refused write decides the run's end; the journal refuses everything after.
+        if self.write_error is not None:
+            return
+        self.write_error = exc
+        log.error("run %s: %s", self.run_id, exc)
+        if not self._done.is_set() and self.status is not RunStatus.FINISHING:
+            self._spawn(self._end_after_write_error())
+
+    async def _end_after_write_error(self):
+        await self._stop_agents(str(self.write_error))
+        # Their final reports could no longer be journaled, so they can never be merged.
+        for s in self.sessions:
+            if s.state in (AgentState.RUNNING, AgentState.PREPARED):
+                s.state = AgentState.UNFINISHED
+        await self._finish()
 
     def _mark_finished(self):
         # Finished means the final report is merged, not merely received.
@@ -358,6 +397,9 @@ class DistributedRun(AgentLossMixin):
                 queue.put_nowait(None)
 
     def _final_status(self, previous):
+        if self.write_error is not None:
+            self.stop_reason = str(self.write_error)
+            return RunStatus.FAILED
         if previous is not RunStatus.RUNNING:
             return previous
         if not any(s.state is AgentState.FINISHED for s in self.sessions):
@@ -368,10 +410,25 @@ class DistributedRun(AgentLossMixin):
     def _conclude(self):
         self.finished_ns = time.time_ns()
         self._summary = build_summary(self)
-        self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
-                                    reason=self.stop_reason)
-        self.run_dir.write_summary(self._summary, render_summary(self._summary))
-        self.run_dir.close_outputs()
+        if not self._record_end() and self.status is not RunStatus.FAILED:
+            # A run whose end is not on disk failed, whatever its load did.
+            self.status = RunStatus.FAILED
+            self.stop_reason = str(self.write_error)
+            self._summary = build_summary(self)
+            self._record_end()
+
+    def _record_end(self):
+        """Closes the outputs, writes the summary, then journals FINISHED (last, so a journal
+        that says finished has its summary); False if the disk refused any of it."""
+        try:
+            self.run_dir.close_outputs()
+            self.run_dir.write_summary(self._summary, render_summary(self._summary))
+            self.run_dir.journal.append(RecordKind.FINISHED, status=self.status.value,
+                                        reason=self.stop_reason)
+        except RunDirWriteError as exc:
+            self._write_failed(exc)
+            return False
+        return True
 
     def _emit(self, ready):
         interval_ns = int(self.definition.interval_s * NS)
@@ -384,7 +441,11 @@ class DistributedRun(AgentLossMixin):
             else:
                 self.span_start_ns = min(self.span_start_ns or merged.start_ns, merged.start_ns)
                 self.span_end_ns = max(self.span_end_ns, merged.end_ns)
-            self.run_dir.write_interval(merged)
+            if self.write_error is None:
+                try:
+                    self.run_dir.write_interval(merged)
+                except RunDirWriteError as exc:
+                    self._write_failed(exc)
             for listener in self._listeners:
                 listener(merged)
             for queue in self._queues:

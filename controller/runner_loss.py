@@ -84,9 +84,8 @@ class AgentLossMixin:
         s.lost_at_ns = time.time_ns()
         s.lost_reason = reason
         s.times_lost += 1
-        self.run_dir.journal.append(RecordKind.AGENT_LOST, agent_id=s.agent_id, reason=reason,
-                                    last_seq=s.stream.last_seq,
-                                    policy=self.definition.agent_loss.value)
+        self._journal(RecordKind.AGENT_LOST, agent_id=s.agent_id, reason=reason,
+                      last_seq=s.stream.last_seq, policy=self.definition.agent_loss.value)
         self._emit(self.ingest.merger.agent_gone(s.agent_id))
         await self._apply_loss_policy(s)
         self._check_end()
@@ -99,8 +98,7 @@ class AgentLossMixin:
     async def _agent_back(self, s):
         s.state = AgentState.RUNNING
         s.last_answer = time.monotonic()
-        self.run_dir.journal.append(RecordKind.AGENT_BACK, agent_id=s.agent_id,
-                                    last_seq=s.stream.last_seq)
+        self._journal(RecordKind.AGENT_BACK, agent_id=s.agent_id, last_seq=s.stream.last_seq)
         self.ingest.merger.agent_back(s.agent_id)
         if self.definition.agent_loss is AgentLossPolicy.REDISTRIBUTE and not self._stopping:
             await self._push_adjustment()
@@ -127,9 +125,8 @@ class AgentLossMixin:
     async def _push_adjustment(self, weights=None):
         scale = self.agent_rate_scale()
         live = [s for s in self.sessions if s.state is AgentState.RUNNING]
-        self.run_dir.journal.append(RecordKind.ADJUSTED, rate_scale=scale,
-                                    user_rate_scale=self.user_rate_scale,
-                                    weights=weights or {}, agents=[s.agent_id for s in live])
+        self._journal(RecordKind.ADJUSTED, rate_scale=scale, user_rate_scale=self.user_rate_scale,
+                      weights=weights or {}, agents=[s.agent_id for s in live])
         results = await asyncio.gather(*(s.client.adjust(self.run_id, scale, weights)
                                          for s in live), return_exceptions=True)
         for s, result in zip(live, results):
@@ -141,8 +138,8 @@ class AgentLossMixin:
     async def _stop_agents(self, reason):
         self._stopping = True
         live = [s for s in self.sessions if s.state in (AgentState.RUNNING, AgentState.PREPARED)]
-        self.run_dir.journal.append(RecordKind.STOPPING, reason=reason, status=self.status.value,
-                                    agents=[s.agent_id for s in live])
+        self._journal(RecordKind.STOPPING, reason=reason, status=self.status.value,
+                      agents=[s.agent_id for s in live])
         await asyncio.gather(*(self._quietly(s.client.stop(self.run_id, reason)) for s in live))
 
     @staticmethod

@@ -132,10 +132,6 @@ def test_a_disk_too_small_for_the_run_is_refused_before_it_starts(tmp_path, agen
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (controller/runner.py _guarded/_finish, controller/run_cli.py): a journal write that "
-    "fails mid-run (ENOSPC) ends in 'internal error', _finish fails again on the same write, "
-    "run.wait() returns no summary and render_summary(None) raises TypeError"))
 def test_a_disk_that_fills_during_the_run_ends_it_cleanly(tmp_path, agent_and_target):
     """Someone else fills the disk while the run is going: the run must end with a clear
     error and stop its load, not crash with a traceback."""
