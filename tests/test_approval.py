@@ -7,11 +7,13 @@ import pytest
 from loadgate.controller import cli
 from loadgate.controller.plan import load_plan
 from loadgate.controller.readiness import Readiness
+from loadgate.controller.service import ControllerService
 from loadgate.controller.states import Node, Stage, State, SubStage
 from loadgate.controller.verdict import RunStatus, load
 from loadgate.proto.loadgate.v1 import controller_pb2
 from test_readiness_support import FakeClock, Profile, SyntheticSource, canary_plan
-from test_service_support import RUN_TIMEOUT_S, Bench, Served, journal_records
+from test_service_support import (RUN_TIMEOUT_S, SYNTHETIC_URLS, Served, high_risk_plan_text,
+                                  journal_records, synthetic_sources)
 
 APPROVERS = """\
     monitoring:
@@ -78,11 +80,9 @@ def test_approve_of_something_that_is_not_a_run_dir_is_a_usage_error(tmp_path, c
 
 @pytest.mark.slow
 def test_approve_and_abort_through_a_controller(tmp_path, capsys):
-    bench = Bench()
-    served = Served(bench.service(tmp_path / "runs"))
+    served = Served(ControllerService(tmp_path / "runs", synthetic_sources))
     try:
-        text = bench.high_risk_plan_text()
-        info = served.submit(text)
+        info = served.submit(high_risk_plan_text(*SYNTHETIC_URLS))
         managed = served.service.find(info.run_id)
         assert decide("approve", info.run_id, "--who", "alice", "--reason", "early",
                       "--controller", served.address) == 3
@@ -104,4 +104,3 @@ def test_approve_and_abort_through_a_controller(tmp_path, capsys):
         assert kinds == [("approval", "alice"), ("abort", "bob")]
     finally:
         served.close()
-        bench.close()

@@ -14,8 +14,9 @@ from loadgate.controller.service_runs import AgentSources, ManagedRun
 from loadgate.controller.states import TITLES, Node, State
 from loadgate.native._hdr import Histogram
 from loadgate.proto.loadgate.v1 import controller_pb2, controller_pb2_grpc
-from test_service_support import (RUN_TIMEOUT_S, Bench, Served, journal_records,
-                                  journal_transitions)
+from test_service_support import (RUN_TIMEOUT_S, SYNTHETIC_URLS, Bench, Served,
+                                  high_risk_plan_text, journal_records, journal_transitions,
+                                  synthetic_sources)
 
 pytestmark = pytest.mark.slow
 
@@ -166,8 +167,15 @@ def test_a_plan_with_hooks_is_refused_unless_the_controller_allows_them(bench, s
     assert "hooks.rollback" in caught.value.details()
 
 
-def test_approve_unblocks_a_high_risk_run_waiting_in_ozhidaet(bench, served):
-    info = served.submit(bench.high_risk_plan_text())
+def test_approve_unblocks_a_high_risk_run_waiting_in_ozhidaet(tmp_path):
+    served = Served(ControllerService(tmp_path / "runs", synthetic_sources))
+    try:
+        approve_unblocks(served, served.submit(high_risk_plan_text(*SYNTHETIC_URLS)))
+    finally:
+        served.close()
+
+
+def approve_unblocks(served, info):
     request = controller_pb2.GetRunRequest(run_id=info.run_id)
     with pytest.raises(grpc.RpcError) as early:
         served.stub.Approve(controller_pb2.ApproveRequest(run_id=info.run_id, who="alice",
