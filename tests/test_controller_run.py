@@ -239,6 +239,9 @@ downtime_window: {{start: "2025-01-01T00:00:00+00:00", end: "2025-01-01T01:00:00
     assert summary["load"]["sent"] == 300 == seen
     assert "run directory:" in result.stdout
     assert os.path.exists(run_dir / "agents" / "agent-0.log")
+    report = run_dir / "report.html"
+    assert f"report: {report}" in result.stdout
+    assert summary["run_id"] in report.read_text()
 
 
 @pytest.mark.slow

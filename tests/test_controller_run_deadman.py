@@ -72,10 +72,13 @@ def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
         assert last_change - killed < DEAD_MAN_S + 1.0
         assert last_count < RATE * DURATION_S
 
+        report = os.path.join(run_dir, "report.html")
+        assert not os.path.exists(report)
         resumed = subprocess.run(command + ["--resume", run_dir, "--no-progress"],
                                  capture_output=True, text=True, timeout=60)
         seen = requests_seen()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"report: {report}" in resumed.stdout and os.path.getsize(report)
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     reports = journal_reports(run_dir)
