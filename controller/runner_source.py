@@ -13,6 +13,7 @@ import time
 import urllib.parse
 from dataclasses import replace
 
+from loadgate.controller.gates import min_samples_for_percentile
 from loadgate.controller.merge import Metric, TargetTotals
 from loadgate.controller.readiness_protocol import (Capacity, Gpu, TargetWindow,
                                                     TelemetrySample, WindowMeasurement)
@@ -24,6 +25,10 @@ from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native._hdr import Histogram
 from loadgate.native.errors import InfrastructureError
 from loadgate.native.schedule import ArrivalModel, ConstantRate, Poisson
+
+# 99.9 % confidence needs 135 samples for a p95 bound; a loopback connect costs ~0.1 ms.
+RTT_SAMPLES_MIN = 200
+DEFAULT_CONFIDENCE = 95.0
 
 
 class AgentMeasurementSource:
@@ -67,9 +72,13 @@ class AgentMeasurementSource:
                                    for n in infos for g in n.gpus),
                         agents=len(infos), gpu_unavailable_reason=reasons[0] if reasons else None)
 
-    def measure_rtt(self, samples=20, timeout_s=2.0):
+    def measure_rtt(self, samples=None, timeout_s=2.0):
         """TCP connect times (µs) to each target, from the controller's node: the agents have
-        no call for it, and on loopback or one network the two are the same path."""
+        no call for it, and on loopback or one network the two are the same path.
+
+        ``samples`` connects per target (default: enough for the plan's RTT p95 claim,
+        rtt_samples)."""
+        samples = samples or rtt_samples(self.plan)
         result = {}
         for target in self.plan.targets:
             url = urllib.parse.urlsplit(target.url)
@@ -159,6 +168,14 @@ class _Window:
         self.weights = dict(weights)
         self.targets = {t.name: TargetTotals.empty(HistogramLayout()) for t in targets}
         self.telemetry = []
+
+
+def rtt_samples(plan):
+    """Connects per target for an RTT p95 claim: twice the minimum-sample rule's need at the
+    plan's confidence, so one slow connect does not decide the bound, and never fewer than
+    RTT_SAMPLES_MIN (the classifier may raise the confidence for riskier deployments)."""
+    confidence = (plan.gates.confidence or DEFAULT_CONFIDENCE) / 100.0
+    return max(RTT_SAMPLES_MIN, 2 * min_samples_for_percentile(95.0, confidence))
 
 
 def _long_schedule(load, rate, horizon_s):
