@@ -77,26 +77,29 @@ def test_a_reading_watcher_gets_everything_while_another_is_stalled():
 
 def test_a_joining_watcher_sees_the_state_at_its_join_and_every_later_transition_once():
     state = Counter()
-    hub = WatchHub(state.snapshot)
+    hub = WatchHub(state.snapshot, queue_limit=10)
     stop = threading.Event()
 
     def publish():
-        while not stop.is_set() and state.applied < 5000:
+        while not stop.is_set() and state.applied < 200_000:
             hub.update(state.transition)
     publisher = threading.Thread(target=publish)
     publisher.start()
     watchers = []
-    while state.applied < 4000 and len(watchers) < 20:
-        watchers.append(hub.subscribe(queue_limit=10))
-    publisher.join(30)
+    for _ in range(20):
+        watchers.append(hub.subscribe())
+        threading.Event().wait(0.002)
     stop.set()
+    publisher.join(30)
     hub.finish(state.snapshot())
-    assert len(watchers) > 1
+    joins = set()
     for watcher in watchers:
         events = [parse(data) for data in watcher.events(timeout_s=1)]
         joined_at = events[0].snapshot.started_unix_ns
+        joins.add(joined_at)
         seqs = [e.transition.seq for e in events if e.WhichOneof("event") == "transition"]
         assert seqs == list(range(joined_at + 1, state.applied + 1))
+    assert len(joins) > 1, "every watcher joined at the same point: nothing was concurrent"
 
 
 def test_a_watcher_joining_a_finished_run_gets_its_state_and_the_end():
