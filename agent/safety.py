@@ -79,7 +79,10 @@ class Allowlist:
     def check_url(self, url, resolve=socket.getaddrinfo):
         """Raises NotAllowed (or ConfigError for a malformed URL) unless ``url`` is allowed.
         May block on DNS: call it off the event loop."""
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket, for one
+            raise ConfigError(f"target URL {url!r} is malformed: {exc}") from None
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise ConfigError(f"target URL {url!r} is not an http:// or https:// URL")
         try:

@@ -8,7 +8,7 @@ import math
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
 from agent_helpers import run_spec, start_agent
@@ -89,6 +89,7 @@ def agent():
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=specs)
+@example(spec=run_spec("http://[::1/", 10, 1.0))
 def test_any_run_spec_gets_a_clear_answer(agent, spec):
     stub = agent.stub()
     run_id = f"fuzz-{next(RUN_NUMBERS)}"
@@ -102,6 +103,17 @@ def test_any_run_spec_gets_a_clear_answer(agent, spec):
     assert reply.shard_rate <= 5000 and math.isfinite(reply.shard_rate)
     stop = stub.Stop(agent_pb2.StopRequest(run_id=run_id), timeout=30)
     assert stop.last_seq == 1
+
+
+@pytest.mark.parametrize("url", ["http://[::1/", "http://[::1", "https://[127.0.0.1]/",
+                                 "http://127.0.0.1:99999/", "http://127.0.0.1:x/", "http:///p",
+                                 "gopher://127.0.0.1/"])
+def test_a_malformed_url_is_an_invalid_argument(agent, url):
+    with pytest.raises(grpc.RpcError) as info:
+        agent.stub().Prepare(agent_pb2.PrepareRequest(run_id=f"url-{next(RUN_NUMBERS)}",
+                                                      spec=run_spec(url, 10, 1.0)), timeout=30)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert repr(url) in info.value.details()
 
 
 @pytest.mark.parametrize("payload", [b"\xff" * 7, b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc",
