@@ -204,14 +204,22 @@ def error_rate_gate(name, errors, total, limit_percent, confidence, window):
 
 
 def throughput_gate(name, achieved_rps, intended_rps, requests, min_rps, min_ratio, window,
-                    duration_s, confidence):
+                    duration_s, confidence, in_flight=0.0):
     """Achieved rate against an absolute floor or a fraction of the intended rate.
 
+    A request intended near the window's end is still in flight when the window is cut; it is
+    not missing.  So the achieved rate counts the completed requests plus ``in_flight`` (those
+    intended in the window and unanswered at its end, see in_flight_estimate): with 100 ms
+    latency a fresh 2-second window would otherwise lose 5 % of its rate to its own edge.
     Arrival counts are noisy (Poisson arrivals, window edges), so the achieved rate gets a
     counting-error band of z * sqrt(count) / duration: PASS when the band's lower edge clears
     the floor, FAIL when its upper edge is below it, INCONCLUSIVE in between.
     """
     z = _z(confidence)
+    pending = ""
+    if duration_s > 0 and requests and in_flight >= 0.5:
+        achieved_rps += in_flight / duration_s
+        pending = f" ({in_flight:.0f} in flight at the window's end counted)"
     if duration_s <= 0 or requests == 0:
         floor = min_ratio if min_ratio is not None else min_rps
         return GateResult(name, float("nan"), floor, window, requests, GateStatus.INCONCLUSIVE,
@@ -225,10 +233,10 @@ def throughput_gate(name, achieved_rps, intended_rps, requests, min_rps, min_rat
         scale = 100.0 / intended_rps
         measured, floor, unit = achieved_rps * scale, min_ratio, "%"
         text = f"achieved {achieved_rps:.1f} of {intended_rps:.1f} req/s intended " \
-               f"({measured:.1f}%, floor {min_ratio:g}%)"
+               f"({measured:.1f}%, floor {min_ratio:g}%){pending}"
     else:
         scale, measured, floor, unit = 1.0, achieved_rps, min_rps, "req/s"
-        text = f"achieved {achieved_rps:.1f} req/s (floor {min_rps:g})"
+        text = f"achieved {achieved_rps:.1f} req/s (floor {min_rps:g}){pending}"
     lower, upper = measured - band * scale, measured + band * scale
     if lower >= floor:
         status = GateStatus.PASS
@@ -364,6 +372,38 @@ def ratio_gate(name, baseline, canary, percentile, max_ratio, confidence, window
         **common, **bounds)
 
 
+SATURATION = "saturation."
+
+
+def samples_to_pass(gates):
+    """The request samples a target needs before every gate of the GatesPlan can PASS: its
+    strictest percentile claim (latency or ratio) and the relative test's minimum."""
+    confidence = gates.confidence / 100.0
+    needed = [min_samples_for_percentile(p, confidence) for p, _ in gates.latency]
+    if gates.relative is not None:
+        each = 1.0 - (1.0 - confidence) / 2.0
+        needed += [min_samples_for_percentile(p, each) for p, _ in gates.relative.ratios]
+        needed.append(MIN_RELATIVE_SAMPLES)
+    return max(needed, default=1)
+
+
+def samples_to_fail(result, gates):
+    """The samples a failed GateResult must rest on before a step may FAIL on it: no less
+    evidence than a PASS of the plan needs (telemetry samples for the saturation gates)."""
+    if result.name.startswith(SATURATION):
+        return MIN_TELEMETRY_SAMPLES
+    return samples_to_pass(gates)
+
+
+def in_flight_estimate(target):
+    """Requests of a TargetWindow whose intended start lies in the window but which are still
+    in flight at its end: intended rate x mean latency (Little's law, the latency being
+    intended start to completion)."""
+    if not target.latency.total_count:
+        return 0.0
+    return target.intended_rps * target.latency.mean / 1e6
+
+
 def evaluate(gates, measurement, window, judged, baseline=None, canary=None,
              gpu_unavailable=None):
     """Every gate of an effective GatesPlan on one window.
@@ -384,19 +424,20 @@ def evaluate(gates, measurement, window, judged, baseline=None, canary=None,
                                            target.requests, gates.error_rate, confidence,
                                            window))
     requests, _, intended, achieved = measurement.total()
+    in_flight = sum(in_flight_estimate(t) for t in measurement.targets.values())
     floor = gates.throughput
     if floor.min_rps is not None:
         results.append(throughput_gate("throughput.min_rps", achieved, intended, requests,
                                        floor.min_rps, None, window, measurement.duration_s,
-                                       confidence))
+                                       confidence, in_flight))
     if floor.min_ratio is not None:
         results.append(throughput_gate("throughput.min_ratio", achieved, intended, requests,
                                        None, floor.min_ratio, window, measurement.duration_s,
-                                       confidence))
+                                       confidence, in_flight))
     for metric in ("cpu", "gpu_utilization", "sm_activity", "gpu_memory"):
         limit = getattr(gates.saturation, metric)
         if limit is not None:
-            results.append(saturation_gate(f"saturation.{metric}",
+            results.append(saturation_gate(f"{SATURATION}{metric}",
                                            [getattr(s, metric) for s in measurement.telemetry],
                                            limit, window,
                                            None if metric == "cpu" else gpu_unavailable))

@@ -8,14 +8,23 @@ a resumed run skips them), and either ends in SV:RAZVERNUTO or rolls back:
   or the traffic_shift hook), then judge the step's window every tick: FAIL rolls back at
   once, PASS promotes once the hold has passed, INCONCLUSIVE holds until max_hold and then
   ends the run INCONCLUSIVE.  Relative gates run while the baseline still gets traffic.
+
+The fail rule: a window (any strategy's) FAILs only once it covers FAIL_COVER of its hold
+and every gate that failed rests on no less evidence than a PASS of the plan needs
+(gates.samples_to_fail: the strictest percentile claim's minimum, e.g. 299 samples for p99
+at 95 %).  Before that a failed gate is held as INCONCLUSIVE with the rule in its reason: the
+first ticks of a window see bursts (a target starved of CPU, agents fresh after a resume)
+that a handful of samples cannot tell from a regression.  A true regression is still rolled
+back at the first step that has that evidence.
 - BLUE-GREEN: the switch hook, the verify_switch hook, then a window on the new colour.
 - ROLLING: the instance_step hook per batch of instances, each followed by a window.
 - BIG-BANG: wait for the downtime window, the switch hook, then a window.
 """
+import dataclasses
 import datetime
 import math
 
-from loadgate.controller.gates import GateStatus, combine, evaluate
+from loadgate.controller.gates import GateStatus, combine, evaluate, samples_to_fail
 from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
 from loadgate.controller.plan_units import format_duration, format_percent
@@ -26,6 +35,9 @@ from loadgate.native.errors import LoadgateError
 
 # How much a window's samples must grow between two looks at it (see judge_window).
 LOOK_GROWTH = 1.25
+# The fraction of its hold a window must cover before it may FAIL (the fail rule above).
+FAIL_COVER = 0.5
+FAILED_ON = f" (on at least {FAIL_COVER:.0%} of its hold and the samples a PASS needs)"
 
 
 class RolloutMixin:
@@ -34,7 +46,8 @@ class RolloutMixin:
     def judge_window(self, window, weights, rate, min_s, max_s, judged, pair, gates=None):
         """Generator: opens a window and judges it at its looks until a decision.
 
-        Returns (status, results, measurement): FAIL as soon as a look finds a gate failed;
+        Returns (status, results, measurement): FAIL as soon as a look finds a gate failed
+        that the fail rule (module docstring, hold_early_failures) lets fail;
         PASS at the first look where every gate passes and the measurement covers min_s;
         whatever the gates say once it covers max_s.  Each gate holds its confidence for one
         look, so looking at every tick of a 24-hour window would all but guarantee a false
@@ -62,8 +75,9 @@ class RolloutMixin:
                 continue
             held = held or covered >= min_s
             next_look = max(math.ceil(LOOK_GROWTH * samples), samples + 1)
-            results = evaluate(gates, measurement, window, judged, *pair,
-                               gpu_unavailable=self.gpu_unavailable)
+            results = hold_early_failures(
+                evaluate(gates, measurement, window, judged, *pair,
+                         gpu_unavailable=self.gpu_unavailable), gates, covered, min_s)
             status = combine(results)
             self.journal.append({
                 "kind": RecordKind.STEP.value, "time": self.clock(),
@@ -133,7 +147,8 @@ class RolloutMixin:
             self._record_step(StepPhase.CANARY, label, results, measurement, index=index,
                               weight=percent)
             if status is GateStatus.FAIL:
-                return self.roll_back(f"{label} failed: {failed_reasons(results)}", evidence)
+                return self.roll_back(f"{label} failed{FAILED_ON}: "
+                                      f"{failed_reasons(results)}", evidence)
             if status is GateStatus.INCONCLUSIVE:
                 return self._inconclusive(f"{label} still inconclusive after "
                                           f"{format_duration(canary.max_hold_s)}: "
@@ -149,7 +164,8 @@ class RolloutMixin:
             self.pair(weights))
         self._record_step(phase, label, results, measurement, **extra)
         if status is GateStatus.FAIL:
-            return self.roll_back(f"{label} failed: {failed_reasons(results)}", evidence)
+            return self.roll_back(f"{label} failed{FAILED_ON}: {failed_reasons(results)}",
+                                  evidence)
         if status is GateStatus.INCONCLUSIVE:
             return self._inconclusive(f"{label}: {inconclusive_reasons(results)}")
         return True
@@ -225,7 +241,8 @@ class RolloutMixin:
             self._judged(weights), (None, None))
         self._record_step(StepPhase.POST_DEPLOY, "post-deploy", results, measurement)
         if status is GateStatus.FAIL:
-            return self.roll_back(f"post-deploy monitoring failed: {failed_reasons(results)}", {})
+            return self.roll_back(f"post-deploy monitoring failed{FAILED_ON}: "
+                                  f"{failed_reasons(results)}", {})
         if status is GateStatus.INCONCLUSIVE:
             return self._inconclusive(f"post-deploy: {inconclusive_reasons(results)}")
         self._to(node, State.PROVERENO, f"{len(results)} gates held for "
@@ -263,6 +280,21 @@ class RolloutMixin:
                        f"{format_duration(rto)}")
         self._finish(status, reason, error)
         return False
+
+
+def hold_early_failures(results, gates, covered, hold_s):
+    """results with every FAIL that the fail rule does not yet allow turned INCONCLUSIVE."""
+    cover = FAIL_COVER * hold_s
+    held = []
+    for result in results:
+        needed = samples_to_fail(result, gates)
+        if result.status is GateStatus.FAIL and (covered < cover or result.samples < needed):
+            result = dataclasses.replace(result, status=GateStatus.INCONCLUSIVE, reason=(
+                f"{result.reason}; not failed yet: a step fails only after "
+                f"{format_duration(cover)} ({FAIL_COVER:.0%} of its hold) with {needed} "
+                f"samples, it has {format_duration(covered)} and {result.samples}"))
+        held.append(result)
+    return held
 
 
 def failed_reasons(results):

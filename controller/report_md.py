@@ -161,7 +161,9 @@ def render(verdict):
                   f"- **Search stopped**: {knee['reason']}", ""]
     lines += _rollback_lines(verdict)
     if verdict.overrides:
-        lines += ["## Overrides of HIGH-risk defaults", ""]
+        risk = verdict.deployment.get("risk")
+        lines += [f"## Overrides of {risk}-risk defaults" if risk else
+                  "## Overrides of defaults", ""]
         lines += [f"- {o['key']}: {o['shown_default']} → {o['shown']} "
                   f"({o['override_reason'] or 'no reason given'})" for o in verdict.overrides]
         lines.append("")
