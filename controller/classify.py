@@ -7,6 +7,11 @@ plan and reports, for every key, whether the plan left it to the default, tighte
 loosened it.  Loosening a default of a HIGH-risk plan is an error unless the plan lists the
 key under ``overrides`` with a reason; the override is then reported in explain and the
 verdict.  ``requirement_issues(plan)`` is what the loader calls to reject incomplete plans.
+
+Percentile-ratio limits are a set, not independent keys: below HIGH risk a plan that names
+``gates.relative.ratios`` (at least one) judges exactly those, and a default ratio it leaves
+out is REPLACED, not filled (``ratios: {}`` names none, so it keeps the defaults).  At HIGH
+risk every default ratio stays, and only a listed override may loosen one.
 """
 import enum
 from dataclasses import dataclass, replace
@@ -35,6 +40,7 @@ class Disposition(enum.Enum):
     KEPT = "as the default"
     TIGHTENED = "tightened by the plan"
     LOOSENED = "loosened by the plan"
+    REPLACED = "replaced: below HIGH risk the plan's relative.ratios are the whole set"
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,9 @@ def _is_tighter(default, value, tighter):
 
 
 def _show(key, value):
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "left out"
+    if isinstance(value, bool):
         return str(value).lower()
     if key.endswith(("window", "interval", "rto", "hold")) or key.startswith("gates.latency"):
         return format_duration(value)
@@ -274,8 +282,15 @@ def _show(key, value):
 def _decide(plan):
     overrides = {o.key: o.reason for o in plan.overrides}
     decisions, problems = [], []
+    relative = plan.gates.relative
+    own_ratios = plan.deployment.risk is not Risk.HIGH and relative is not None and \
+        bool(relative.ratios)
     for default in defaults_for(plan):
         value = _get(plan, default.key)
+        if value is None and own_ratios and default.key.startswith("gates.relative.ratios."):
+            decisions.append(Decision(default.key, default.value, None, default.reason,
+                                      Disposition.REPLACED, overrides.get(default.key)))
+            continue
         if value is None:
             decisions.append(Decision(default.key, default.value, default.value,
                                       default.reason, Disposition.FILLED))

@@ -121,7 +121,8 @@ def run_explain(args, out=None):
     for decision in result.decisions:
         shown = decision.shown(decision.value)
         note = decision.disposition.value
-        if decision.disposition in (Disposition.TIGHTENED, Disposition.LOOSENED):
+        if decision.disposition in (Disposition.TIGHTENED, Disposition.LOOSENED,
+                                    Disposition.REPLACED):
             note += f" (default {decision.shown(decision.default)})"
         if decision.override_reason:
             note += f", override: {decision.override_reason}"

@@ -6,11 +6,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from loadgate.controller.gates import (
-    GateStatus, combine, distribution_gate, error_rate_gate, evaluate, ks_one_sided,
-    latency_gate, mann_whitney, min_samples_for_percentile, order_statistic_ranks,
-    percentile_bounds, ratio_gate, saturation_gate, throughput_gate)
+    MIN_RELATIVE_SAMPLES, GateStatus, combine, distribution_gate, error_rate_gate, evaluate,
+    ks_one_sided, latency_gate, mann_whitney, min_samples_for_percentile,
+    order_statistic_ranks, percentile_bounds, ratio_gate, samples_to_fail, samples_to_pass,
+    saturation_gate, throughput_gate)
 from loadgate.controller.plan_model import RelativeTest
-from loadgate.controller.plan_types import GatesPlan, RelativeGates, SaturationLimits
+from loadgate.controller.plan_types import (
+    GatesPlan, RelativeGates, SaturationLimits, ThroughputLimit)
 from loadgate.controller.readiness_protocol import (
     TargetWindow, TelemetrySample, WindowMeasurement)
 from loadgate.native._hdr import Histogram
@@ -171,6 +173,53 @@ def test_evaluate_runs_every_gate_of_the_plan_and_combine_orders_statuses():
     assert combine(mixed) is GateStatus.INCONCLUSIVE
     slow = throughput_gate("t", 1, 100, 10, 50, None, "w", 10, 0.95)
     assert combine(mixed + [slow]) is GateStatus.FAIL
+
+
+def fresh_window(rate, seconds, latency_us, drop=0.0, seed=3):
+    """A window cut `seconds` after its first Poisson arrival, the target answering each
+    request after latency_us (±2 %), the generator never sending a `drop` fraction."""
+    rng = np.random.default_rng(seed)
+    intended = np.sort(rng.uniform(0.0, seconds, rng.poisson(rate * seconds)))
+    sent = intended[rng.uniform(size=len(intended)) >= drop]
+    latency = rng.normal(latency_us, latency_us * 0.02, len(sent))
+    done = latency[sent + latency / 1e6 <= seconds]
+    target = TargetWindow("slow", histogram(done), len(done), 0, len(intended) / seconds,
+                          len(done) / seconds)
+    return WindowMeasurement(0.0, seconds, {"slow": target})
+
+
+def test_requests_in_flight_at_a_windows_end_are_not_missing_throughput():
+    # A healthy target answering in 100 ms: a fresh 1-second window at 2000 req/s cuts off
+    # the tenth of its arrivals still in flight; judged on completions alone it "fails".
+    gates = GatesPlan(confidence=95.0, throughput=ThroughputLimit(min_ratio=95.0,
+                                                                  min_rps=1800.0))
+    measurement = fresh_window(2000, 1.0, 100_000)
+    requests = measurement.targets["slow"].requests
+    assert requests < 0.92 * 2000
+    intended = measurement.targets["slow"].intended_rps
+    assert throughput_gate("t", requests, intended, requests, None, 95, "w", 1.0, 0.95) \
+        .status is GateStatus.FAIL
+    results = evaluate(gates, measurement, "step", ["slow"])
+    assert [r.status for r in results] == [GateStatus.PASS, GateStatus.PASS], results
+    assert "in flight" in results[1].reason and results[1].measured > 97
+    # A generator that drops 20 % of its arrivals still fails, 100 ms latency or not.
+    dropped = evaluate(gates, fresh_window(2000, 1.0, 100_000, drop=0.2), "step", ["slow"])
+    assert [r.status for r in dropped] == [GateStatus.FAIL, GateStatus.FAIL], dropped
+
+
+def test_a_step_fails_on_no_less_evidence_than_a_pass_needs():
+    gates = GatesPlan(confidence=95.0, latency=((95.0, 0.2), (99.0, 0.5)),
+                      relative=RelativeGates(RelativeTest.MANN_WHITNEY, 1.0, 5.0,
+                                             ((50.0, 1.1),)))
+    assert samples_to_pass(gates) == 299
+    assert samples_to_pass(GatesPlan(confidence=95.0, latency=((95.0, 0.2),))) == 59
+    assert samples_to_pass(GatesPlan(confidence=95.0, relative=RelativeGates(
+        RelativeTest.MANN_WHITNEY, 1.0, 5.0, ((50.0, 1.1),)))) == MIN_RELATIVE_SAMPLES
+    cpu = saturation_gate("saturation.cpu", [90, 95, 99], 80, "w")
+    assert samples_to_fail(cpu, gates) == 3
+    ratio = ratio_gate("relative.p50_ratio", histogram(lognormal(6, seed=1)),
+                       histogram(lognormal(6, seed=2, scale=20)), 50, 1.1, 0.95, "w")
+    assert ratio.status is GateStatus.FAIL and samples_to_fail(ratio, gates) == 299
 
 
 @settings(max_examples=200, deadline=None)

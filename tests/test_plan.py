@@ -271,6 +271,44 @@ def test_a_low_risk_plan_that_asks_for_relative_gates_gets_their_defaults():
     assert asked.gates.relative.ratios == ((99.0, 1.2),) and asked.gates.relative.alpha == 1.0
 
 
+@pytest.mark.parametrize("risk", ["LOW", "MEDIUM"])
+def test_below_high_risk_a_plans_own_ratios_replace_the_default_set(tmp_path, risk):
+    from loadgate.controller.classify import Disposition, classify
+    text = GOOD.replace("risk: MEDIUM", f"risk: {risk}") + \
+        "gates:\n  relative: {ratios: {p50: 1.1}}\n"
+    result = classify(parse_plan(text, "r.yaml"))
+    assert result.plan.gates.relative.ratios == ((50.0, 1.1),)
+    p99 = next(d for d in result.decisions if d.key == "gates.relative.ratios.p99")
+    assert p99.disposition is Disposition.REPLACED and p99.value is None
+    assert not any("ratios" in w for w in result.warnings)
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+
+    class Explain:
+        file = str(path)
+    out = io.StringIO()
+    assert plan_cli.run_explain(Explain, out) == 0
+    assert "gates.relative.ratios.p99 = left out  [replaced: below HIGH risk the plan's " \
+           "relative.ratios are the whole set (default 1.2)]" in out.getvalue()
+    named = classify(parse_plan(text.replace("{p50: 1.1}", "{p50: 1.1, p99: 1.1}"), "n.yaml"))
+    assert named.plan.gates.relative.ratios == ((50.0, 1.1), (99.0, 1.1))
+    assert classify(parse_plan(text.replace("{p50: 1.1}", "{}"), "e.yaml")).plan.gates \
+        .relative.ratios == ((99.0, 1.2),)
+
+
+def test_at_high_risk_a_plans_own_ratios_keep_the_default_p99_ratio():
+    from loadgate.controller.classify import Disposition, classify
+    text = GOOD.replace("risk: MEDIUM", "risk: HIGH") + \
+        "gates:\n  relative: {ratios: {p50: 1.1}}\n"
+    result = classify(parse_plan(text, "h.yaml"))
+    assert result.plan.gates.relative.ratios == ((50.0, 1.1), (99.0, 1.2))
+    p99 = next(d for d in result.decisions if d.key == "gates.relative.ratios.p99")
+    assert p99.disposition is Disposition.FILLED
+    loose = text.replace("{p50: 1.1}", "{p50: 1.1, p99: 1.5}")
+    assert any(i.key_path == "gates.relative.ratios.p99" and "overrides" in i.message
+               for i in issues_of(loose))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("abpr: -\n\t{}[]'\"!&*%@,?#|>0123456789.")),
                max_size=80))

@@ -1,11 +1,15 @@
 """The orchestrator end to end: canary ramps judged by real histograms, approvals, blocking."""
 import json
 import os
+from dataclasses import replace
 
 from loadgate.controller import gate_cli
-from loadgate.controller.gates import MIN_RELATIVE_SAMPLES
+from loadgate.controller.gates import (
+    MIN_RELATIVE_SAMPLES, GateStatus, error_rate_gate, samples_to_pass)
 from loadgate.controller.plan import load_plan
+from loadgate.controller.plan_types import GatesPlan
 from loadgate.controller.readiness import Readiness, abort, approve
+from loadgate.controller.readiness_rollout import hold_early_failures
 from loadgate.controller.states import Node, Stage, State, SubStage
 from loadgate.controller.verdict import RunStatus, VerdictStatus, load
 from test_readiness_support import FakeClock, Profile, SyntheticSource, canary_plan
@@ -77,6 +81,70 @@ def test_the_same_canary_below_its_load_threshold_passes_the_first_step(tmp_path
     steps = records(tmp_path / "run", "step", "canary")
     assert steps[0]["status"] == "PASS" and steps[0]["weight"] == 5
     assert steps[-1]["status"] == "FAIL" and steps[-1]["weight"] == 25
+
+
+class StarvedStart(SyntheticSource):
+    """The canary process starved of CPU for the first second of every window (3x slower),
+    as a freshly shifted or resumed step sees it; healthy afterwards."""
+
+    def collect(self):
+        healthy = self.profiles["canary"]
+        if self.clock() - self.start <= 1.0:
+            self.profiles = {**self.profiles, "canary": replace(healthy, slowdown=3.0)}
+        try:
+            return super().collect()
+        finally:
+            self.profiles = {**self.profiles, "canary": healthy}
+
+
+def starved_run(tmp_path, canary):
+    clock = FakeClock()
+    plan = load_plan(canary_plan(tmp_path, extra="""\
+        gates:
+          relative: {ratios: {p50: 1.2}}
+        """))
+    source = StarvedStart(clock, {"baseline": Profile(), "canary": canary})
+    readiness = Readiness(plan, tmp_path / "run", source, clock)
+    return readiness, readiness.run(lambda: clock.advance(1.0), 50000)
+
+
+def test_a_burst_in_a_steps_first_tick_does_not_fail_it(tmp_path):
+    readiness, status = starved_run(tmp_path, Profile())
+    assert status is RunStatus.PASSED, readiness.reasons
+    steps = records(tmp_path / "run", "step", "canary")
+    assert [(s["weight"], s["status"]) for s in steps] == [
+        (5, "PASS"), (25, "PASS"), (50, "PASS"), (100, "PASS")]
+    first = [e for e in records(tmp_path / "run", "step", "evaluation")
+             if e["window"].startswith("canary step 1")]
+    # The first look (about 50 starved canary samples) is what used to roll the step back.
+    assert first[0]["covered"] <= 1.0 and first[0]["status"] == "INCONCLUSIVE"
+
+
+def test_a_true_regression_fails_once_half_the_hold_and_a_passs_samples_are_in(tmp_path):
+    readiness, status = starved_run(tmp_path, Profile(slowdown=1.3))
+    assert status is RunStatus.FAILED
+    steps = records(tmp_path / "run", "step", "canary")
+    assert [(s["weight"], s["status"]) for s in steps] == [(5, "FAIL")]
+    evaluations = [e for e in records(tmp_path / "run", "step", "evaluation")
+                   if e["window"].startswith("canary step 1")]
+    assert evaluations[-1]["status"] == "FAIL" and 30.0 <= evaluations[-1]["covered"] < 40
+    assert all(e["status"] == "INCONCLUSIVE" for e in evaluations[:-1])
+    assert evaluations[-1]["samples"]["canary"] >= samples_to_pass(readiness.plan.gates)
+    assert "on at least 50% of its hold and the samples a PASS needs" in readiness.reasons[0]
+
+
+def test_a_failed_gate_held_by_the_fail_rule_says_why():
+    gates = GatesPlan(confidence=95.0, latency=((99.0, 0.5),))
+    failed = error_rate_gate("canary.error_rate", 9, 10, 5.0, 0.95, "canary step 1 (5%)")
+    assert failed.status is GateStatus.FAIL
+    held, = hold_early_failures([failed], gates, 2.0, 60.0)
+    assert held.status is GateStatus.INCONCLUSIVE
+    assert held.reason.endswith("not failed yet: a step fails only after 30s (50% of its hold) "
+                                "with 299 samples, it has 2s and 10")
+    late, = hold_early_failures([failed], gates, 31.0, 60.0)
+    assert late.status is GateStatus.INCONCLUSIVE
+    enough = error_rate_gate("canary.error_rate", 290, 300, 5.0, 0.95, "canary step 1 (5%)")
+    assert hold_early_failures([enough], gates, 31.0, 60.0) == [enough]
 
 
 def test_too_few_samples_give_inconclusive(tmp_path):

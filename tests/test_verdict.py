@@ -72,6 +72,20 @@ def test_report_md_reads_like_the_seed(runs):
     assert f"{p95.measured:.2f} ms" in passed
 
 
+@pytest.mark.parametrize("risk", ["LOW", "MEDIUM"])
+def test_report_md_titles_the_overrides_by_the_plans_risk(tmp_path, risk):
+    clock = FakeClock()
+    plan = load_plan(canary_plan(tmp_path, risk=risk, extra="gates:\n  error_rate: 10%\n",
+                                 hold="10s"))
+    source = SyntheticSource(clock, {"baseline": Profile(), "canary": Profile()})
+    readiness = Readiness(plan, tmp_path / "run", source, clock)
+    readiness.run(lambda: clock.advance(5.0), 5000)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"## Overrides of {risk}-risk defaults" in report
+    assert "- gates.error_rate: 5% → 10%" in report
+    assert "HIGH" not in report
+
+
 def test_junit_has_one_case_per_gate(runs):
     for name, run_dir in runs.items():
         suite = ET.parse(run_dir / "junit.xml").getroot()
