@@ -3,9 +3,10 @@ that closes mid-response, resets, sends garbage, sends huge headers or bodies, t
 answer a byte at a time (slowloris-style) or never answers.
 
 For each, every scheduled request lands in exactly one outcome class, the engine finishes,
-and it holds no more connections than its cap: the worker process's descriptors and the
-server's concurrently open connections are sampled throughout the run.  A connection the
-engine failed to close after a reset or a timeout would push both past the cap."""
+and it holds no more connections than its cap: the engine worker's sockets to the server
+(in any TCP state) are sampled every 20 ms throughout the run, and after the run the server
+must see every connection closed.  A connection the engine failed to close after a reset or
+a timeout would push the count past the cap and stay open."""
 import itertools
 import select
 import socket
@@ -32,7 +33,9 @@ HEAD_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 class MisbehavingServer:
     """A thread-per-connection HTTP server whose every answer is ``behaviour(connection)``
-    once a request's head has arrived.  Counts connections open at once (and the peak)."""
+    once a request's head has arrived.  Counts requests and the connections still open (it
+    notices a client's close only when it next polls, so during a run the engine-side
+    socket count is the precise one)."""
 
     def __init__(self, behaviour):
         self.behaviour = behaviour
@@ -42,7 +45,6 @@ class MisbehavingServer:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.lock = threading.Lock()
         self.open = 0
-        self.peak_open = 0
         self.requests = 0
         self.closing = threading.Event()
         self.threads = []
@@ -57,7 +59,6 @@ class MisbehavingServer:
                 continue
             with self.lock:
                 self.open += 1
-                self.peak_open = max(self.peak_open, self.open)
             thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
             self.threads.append(thread)
             thread.start()
@@ -230,8 +231,6 @@ def check_bounded(result, server, sampler):
     total = result.totals.combined()
     assert result.scheduled == REQUESTS == total.finished
     assert not result.worker_errors
-    # The server notices a client's close only when it next polls, so its count may lag.
-    assert server.peak_open <= 2 * MAX_CONNECTIONS
     assert len(sampler.sockets) >= 10, "the worker was hardly sampled"
     assert max(sampler.sockets) <= MAX_CONNECTIONS
     assert max(result.totals.open_connections, 0) <= MAX_CONNECTIONS
@@ -262,7 +261,7 @@ def test_each_fault_is_counted_in_its_class_without_leaking_connections(behaviou
         # A dribbling answer does not extend the timeout: latency is bounded by it (to the
         # histogram's three significant digits).
         assert TIMEOUT_S * 1e6 * (1 - 1e-3) <= total.latency.min
-        assert total.latency.max < (TIMEOUT_S + 0.5) * 1e6
+        assert total.latency.max < (TIMEOUT_S + 1.0) * 1e6
 
 
 def test_the_sampler_sees_the_engines_connections():
