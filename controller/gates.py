@@ -424,7 +424,10 @@ def evaluate(gates, measurement, window, judged, baseline=None, canary=None,
                                            target.requests, gates.error_rate, confidence,
                                            window))
     requests, _, intended, achieved = measurement.total()
-    in_flight = sum(in_flight_estimate(t) for t in measurement.targets.values())
+    # A window that follows running load also completes what was in flight at its start, so
+    # the estimate only fills the gap up to the intended count: never above 100 %.
+    in_flight = min(sum(in_flight_estimate(t) for t in measurement.targets.values()),
+                    max(0.0, intended * measurement.duration_s - requests))
     floor = gates.throughput
     if floor.min_rps is not None:
         results.append(throughput_gate("throughput.min_rps", achieved, intended, requests,

@@ -107,3 +107,58 @@ def test_real_agents_roll_back_a_canary_that_slows_under_load(tmp_path):
     failed = [g for g in load(tmp_path / "run").gates if g.status.value == "FAIL"]
     assert failed and {g.window for g in failed} == {"canary step 1 (25%)"}
     assert gate_cli.check(str(tmp_path / "run"))[0] == gate_cli.ExitCode.FAIL
+
+
+def write_slow_plan(tmp_path, baseline_url, canary_url):
+    path = tmp_path / "slow.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        apiVersion: loadgate/v1
+        deployment:
+          id: DEPLOY-SLOW-1
+          type: FEATURE
+          risk: LOW
+          environment: DEV
+          strategy: CANARY
+        targets:
+          - {{name: baseline, url: "{baseline_url}", role: baseline}}
+          - {{name: canary, url: "{canary_url}", role: canary, weight: 0}}
+        load:
+          rate: 800
+          duration: 4s
+          connections: 128
+          interval: 250ms
+          timeout: 2s
+        gates:
+          latency: {{p95: 400ms}}
+          throughput: {{min_ratio: 95%}}
+        canary:
+          steps: [100]
+          hold: 3s
+          max_hold: 9s
+        monitoring:
+          post_deploy_window: 3s
+        hooks:
+          rollback: {{command: [sh, -c, 'echo "$LOADGATE_WEIGHT" > {tmp_path / "rolled-back"}']}}
+        """))
+    return load_plan(str(path))
+
+
+@pytest.mark.slow
+def test_a_healthy_target_answering_in_100_ms_meets_its_throughput_floor(tmp_path):
+    targets = [start_target_process(["--latency", "100ms"]) for _ in range(2)]
+    agent = start_agent(["--workers", "1"])
+    try:
+        plan = write_slow_plan(tmp_path, *(f"http://{t[1]}:{t[2]}" for t in targets))
+        source = AgentMeasurementSource(plan, [agent.address], str(tmp_path / "load"))
+        readiness = Readiness(plan, tmp_path / "run", source)
+        status = readiness.run(lambda: time.sleep(0.25), 400)
+    finally:
+        agent.stop()
+        for target in targets:
+            stop_target_process(target[0])
+    assert status is RunStatus.PASSED, readiness.reasons
+    assert canary_steps(tmp_path / "run") == [(100, "PASS")]
+    throughput = [g for g in load(tmp_path / "run").gates if g.name == "throughput.min_ratio"]
+    assert throughput and all(g.status.value == "PASS" for g in throughput), throughput
+    # The first window starts with the load: its last 100 ms of arrivals are in flight.
+    assert throughput[0].window == "performance" and "in flight" in throughput[0].reason
