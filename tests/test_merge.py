@@ -1,5 +1,6 @@
 """Exact merging of interval reports and the rejection of bad ones (controller/merge.py and
 controller/runner_ingest.py), with real histograms and a real fsynced journal."""
+import errno
 import random
 
 import pytest
@@ -7,8 +8,8 @@ import pytest
 from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, RunTotals
 from loadgate.controller.runner_reports import (AgentStream, HistogramLayout, RejectReason,
                                                 Rejection)
-from loadgate.controller.run_journal import (RecordKind, RunJournal, accepted_reports,
-                                             read_journal, report_payload)
+from loadgate.controller.run_journal import (RecordKind, RunDirWriteError, RunJournal,
+                                             accepted_reports, read_journal, report_payload)
 from loadgate.controller.runner_ingest import ReportIngest
 from loadgate.native._hdr import Histogram
 from loadgate.native.outcomes import Outcome
@@ -214,6 +215,27 @@ def test_journal_ignores_a_torn_last_line(tmp_path):
     with open(tmp_path / "j.jsonl", "ab") as f:
         f.write(b'{"kind":"report","ag')
     assert [k for k, _ in read_journal(tmp_path / "j.jsonl")] == [RecordKind.RUN]
+
+
+def test_a_journal_write_the_disk_refuses_leaves_the_journal_whole(tmp_path):
+    """A real ENOSPC (a 64 KiB tmpfs): the record that does not fit is cut back off, the
+    error names the file and errno, and the journal refuses every later record."""
+    from test_faults_disk import mounted
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as point:
+        path = point / "journal.jsonl"
+        journal = RunJournal(path)
+        journal.append(RecordKind.RUN, run_id="x")
+        whole = path.read_bytes()
+        with pytest.raises(RunDirWriteError) as info:
+            journal.append(RecordKind.STOPPING, reason="y" * (256 << 10))
+        assert info.value.errno == errno.ENOSPC and info.value.path == str(path)
+        assert f"cannot write {path}: [Errno 28]" in str(info.value)
+        assert path.read_bytes() == whole
+        with pytest.raises(RunDirWriteError):
+            journal.append(RecordKind.FINISHED, status="failed")
+        journal.close()
+        assert path.read_bytes() == whole
+        assert [k for k, _ in read_journal(path)] == [RecordKind.RUN]
 
 
 def test_merge_serves_no_report_checking_names():
