@@ -8,6 +8,9 @@ a resumed run skips them), and either ends in SV:RAZVERNUTO or rolls back:
   or the traffic_shift hook), then judge the step's window every tick: FAIL rolls back at
   once, PASS promotes once the hold has passed, INCONCLUSIVE holds until max_hold and then
   ends the run INCONCLUSIVE.  Relative gates run while the baseline still gets traffic.
+- BLUE-GREEN: the switch hook, the verify_switch hook, then a window on the new colour.
+- ROLLING: the instance_step hook per batch of instances, each followed by a window.
+- BIG-BANG: wait for the downtime window, the switch hook, then a window.
 
 The fail rule: a window (any strategy's) FAILs only once it covers FAIL_COVER of its hold
 and every gate that failed rests on no less evidence than a PASS of the plan needs
@@ -16,9 +19,6 @@ at 95 %).  Before that a failed gate is held as INCONCLUSIVE with the rule in it
 first ticks of a window see bursts (a target starved of CPU, agents fresh after a resume)
 that a handful of samples cannot tell from a regression.  A true regression is still rolled
 back at the first step that has that evidence.
-- BLUE-GREEN: the switch hook, the verify_switch hook, then a window on the new colour.
-- ROLLING: the instance_step hook per batch of instances, each followed by a window.
-- BIG-BANG: wait for the downtime window, the switch hook, then a window.
 """
 import dataclasses
 import datetime
