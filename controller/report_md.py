@@ -161,9 +161,7 @@ def render(verdict):
                   f"- **Search stopped**: {knee['reason']}", ""]
     lines += _rollback_lines(verdict)
     if verdict.overrides:
-        risk = verdict.deployment.get("risk")
-        lines += [f"## Overrides of {risk}-risk defaults" if risk else
-                  "## Overrides of defaults", ""]
+        lines += [f"## Overrides of {verdict.deployment['risk']}-risk defaults", ""]
         lines += [f"- {o['key']}: {o['shown_default']} → {o['shown']} "
                   f"({o['override_reason'] or 'no reason given'})" for o in verdict.overrides]
         lines.append("")
