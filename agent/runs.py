@@ -1,9 +1,10 @@
 """One run on this agent: the engine's LoadRun, its sequence-numbered reports, and the
 thread that turns engine snapshots into reports.
 
-Reports are kept in memory for the life of the agent's recent runs, so a controller that
-reconnects with the last seq it received gets every later interval exactly once.  The
-encoding of histograms happens on the pump thread, never on the gRPC event loop.
+Reports are kept in memory until the controller acknowledges them as journaled (Ping's
+journaled_seq), so a controller that reconnects with the last seq it journaled gets every
+later interval exactly once while a long run's memory stays flat.  The encoding of
+histograms happens on the pump thread, never on the gRPC event loop.
 """
 import asyncio
 import enum
@@ -62,7 +63,8 @@ class AgentRun:
         self._loop = loop
         self._lock = threading.Lock()  # the reports and the state
         self._control = threading.Lock()  # start and stop of the engine
-        self._reports = []
+        self._reports = []  # the unacknowledged reports: seqs _dropped + 1 ... last_seq
+        self._dropped = 0
         self._changed = asyncio.Event()
         self._stop_requested_at = None
         self._telemetry_from = 0
@@ -125,12 +127,37 @@ class AgentRun:
     @property
     def last_seq(self):
         with self._lock:
+            return self._dropped + len(self._reports)
+
+    @property
+    def oldest_kept_seq(self):
+        """The seq of the first report still held (last_seq + 1 when none is)."""
+        with self._lock:
+            return self._dropped + 1
+
+    def acknowledge(self, journaled_seq):
+        """Drops the reports with seq <= ``journaled_seq`` (never one not yet published);
+        returns how many are still held."""
+        with self._lock:
+            drop = min(journaled_seq, self._dropped + len(self._reports)) - self._dropped
+            if drop > 0:
+                del self._reports[:drop]
+                self._dropped += drop
             return len(self._reports)
 
     def reports_after(self, seq):
-        """Reports with a seq above ``seq``, in order."""
+        """The reports still held with a seq above ``seq``, in order (for observers that may
+        miss acknowledged ones, such as the metrics exporter)."""
         with self._lock:
-            return list(self._reports[seq:])
+            return list(self._reports[max(0, seq - self._dropped):])
+
+    def replay_after(self, seq):
+        """Every report with a seq above ``seq``, in order; None if some were acknowledged
+        and dropped (a stream must not skip them silently)."""
+        with self._lock:
+            if seq < self._dropped:
+                return None
+            return list(self._reports[seq - self._dropped:])
 
     # -- waiting (event loop) -------------------------------------------------------------
 
@@ -160,7 +187,7 @@ class AgentRun:
         with self._lock:
             if self.state is RunState.FINISHED:
                 return
-            report.seq = len(self._reports) + 1
+            report.seq = self._dropped + len(self._reports) + 1
             self._reports.append(report)
             if report.final:
                 self.state = RunState.FINISHED

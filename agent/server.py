@@ -147,10 +147,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Ping(self, request, context):
         self._touch()
         run = self._active()
+        acknowledged = self.runs.get(request.run_id) if request.run_id else None
+        buffered = acknowledged.acknowledge(request.journaled_seq) if acknowledged else 0
         return agent_pb2.PingReply(controller_unix_ns=request.controller_unix_ns,
                                    agent_unix_ns=time.time_ns(),
                                    active_run_id=run.run_id if run else "",
-                                   generating=bool(run and run.generating))
+                                   generating=bool(run and run.generating),
+                                   buffered_reports=buffered)
 
     async def Prepare(self, request, context):
         self._touch()
@@ -247,7 +250,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                 f"after_seq {seq} is past the final report ({run.last_seq})")
         while True:
-            for report in run.reports_after(seq):
+            reports = run.replay_after(seq)
+            if reports is None:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                    f"after_seq {seq} is before the oldest report still held "
+                                    f"(seq {run.oldest_kept_seq}): the controller acknowledged "
+                                    "the reports up to it as journaled and they were dropped")
+            for report in reports:
                 yield report
                 seq = report.seq
             if run.state is RunState.FINISHED and seq >= run.last_seq:

@@ -93,11 +93,13 @@ class AgentClient:
                 f"agent {self.address} did not answer Describe: {_status(exc)}") from None
         return self.node
 
-    async def ping(self, timeout_s):
-        """One heartbeat; returns (PingReply, ClockSample)."""
+    async def ping(self, timeout_s, run_id="", journaled_seq=0):
+        """One heartbeat, acknowledging run_id's reports up to ``journaled_seq`` as
+        journaled; returns (PingReply, ClockSample)."""
         sent = time.time_ns()
         reply = await self._calls.beat.Ping(
-            agent_pb2.PingRequest(controller_unix_ns=sent, controller_id=self.controller_id),
+            agent_pb2.PingRequest(controller_unix_ns=sent, controller_id=self.controller_id,
+                                  run_id=run_id, journaled_seq=journaled_seq),
             timeout=timeout_s, metadata=self.metadata)
         return reply, clock_sample(sent, reply.agent_unix_ns, time.time_ns())
 

@@ -23,6 +23,7 @@ class ReportIngest:
         self.merger = merger
         self.totals = totals
         self.rejections = []  # every Rejection, in the order they were decided
+        self.journaled_seq = {}  # agent id -> highest seq of its reports durably journaled
         self._batch = []  # (record kind, fields, AgentInterval or None)
 
     def accept(self, stream, payload):
@@ -58,6 +59,7 @@ class ReportIngest:
         if isinstance(result, Rejection):
             return result
         stream.commit(result)
+        self._journaled((result,))
         return self._merge_one(result, journaled=True)
 
     def take(self):
@@ -69,6 +71,7 @@ class ReportIngest:
         """Writes a batch to the journal with one fsync; safe to run on a worker thread."""
         if batch:
             self.journal.append_many([(kind, fields) for kind, fields, _ in batch])
+            self._journaled(interval for _, _, interval in batch if interval is not None)
 
     def merge(self, batch):
         """Merges a journaled batch; returns the merged intervals that became complete."""
@@ -87,6 +90,11 @@ class ReportIngest:
         refused = len(self.rejections)
         ready = self.merge(batch)
         return (self.rejections[-1] if len(self.rejections) > refused else result), ready
+
+    def _journaled(self, intervals):
+        for interval in intervals:
+            if interval.seq > self.journaled_seq.get(interval.agent_id, 0):
+                self.journaled_seq[interval.agent_id] = interval.seq
 
     def _merge_one(self, interval, journaled=False):
         ready = self.merger.add(interval)

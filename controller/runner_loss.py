@@ -30,7 +30,11 @@ class AgentLossMixin:
         while not self._done.is_set() and s.state is not AgentState.FINISHED:
             began = time.monotonic()
             try:
-                reply, sample = await s.client.ping(timeout_s=self.heartbeat_s * 0.8)
+                # The acknowledgement lets the agent drop what a resume will never ask for
+                # again (a resumed controller streams from its journal's last seq).
+                reply, sample = await s.client.ping(
+                    timeout_s=self.heartbeat_s * 0.8, run_id=self.run_id,
+                    journaled_seq=self.ingest.journaled_seq.get(s.agent_id, 0))
             except grpc.aio.AioRpcError as exc:
                 s.last_error = f"Ping: {exc.code().name}: {exc.details()}"
             else:
@@ -67,7 +71,8 @@ class AgentLossMixin:
                 s.last_error = f"StreamReports: {exc.code().name}: {exc.details()}"
                 s.stream_failures += 1
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE):
-                    # The agent no longer holds the run as journaled (it restarted): what it
+                    # The agent no longer holds the run as journaled (it restarted, or the
+                    # reports were acknowledged by another controller and dropped): what it
                     # had is gone, asking again will not bring it back.
                     await self._agent_faulty(s, s.last_error)
             await asyncio.sleep(pause)

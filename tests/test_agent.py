@@ -317,3 +317,32 @@ def test_many_runs_leak_no_descriptors_threads_or_scratch_files(target, tmp_path
     # after the first runs have warmed every pool, the counts stay where they are
     assert max(c[0] for c in counts[3:]) <= counts[2][0] + 2, counts
     assert max(c[1] for c in counts[3:]) <= counts[2][1] + 2, counts
+
+
+def test_reports_acknowledged_as_journaled_are_dropped_and_only_those(gpu_agent, target):
+    stub = gpu_agent.stub()
+    with Pinger(stub):
+        prepare_and_start(stub, "acked", run_spec(target + "/", 100, 1.0, interval_s=0.2))
+        reports = stream_reports(stub, "acked")
+    check_sequence(reports)
+    last, acked = len(reports), 3
+
+    def ping(run_id, journaled_seq):
+        return stub.Ping(agent_pb2.PingRequest(controller_unix_ns=time.time_ns(), run_id=run_id,
+                                               journaled_seq=journaled_seq),
+                         timeout=10).buffered_reports
+
+    assert ping("acked", 0) == last
+    assert ping("no-such-run", 99) == 0
+    assert ping("acked", acked) == last - acked
+    assert ping("acked", acked - 1) == last - acked  # an older acknowledgement restores nothing
+    assert stream_reports(stub, "acked", after_seq=acked) == reports[acked:]
+    with pytest.raises(grpc.RpcError) as raised:
+        stream_reports(stub, "acked", after_seq=acked - 1)
+    assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"seq {acked + 1}" in raised.value.details()
+    assert ping("acked", last + 5) == 0  # past the last report: everything, nothing more
+    assert stream_reports(stub, "acked", after_seq=last) == []
+    with pytest.raises(grpc.RpcError) as raised:
+        stream_reports(stub, "acked", after_seq=last + 1)
+    assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE

@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import grpc
 import pytest
 
 from agent_helpers import start_agent
@@ -24,7 +26,7 @@ from loadgate.native.errors import InfrastructureError
 from loadgate.native.hlog import read_hlog
 from loadgate.native.schedule import ConstantRate
 from loadgate.native.target import start_target_process, stop_target_process
-from loadgate.proto.loadgate.v1 import common_pb2
+from loadgate.proto.loadgate.v1 import agent_pb2, common_pb2
 
 FAKE_GPU = {"driver_version": "550.54.15",
             "devices": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-fake-0",
@@ -298,3 +300,23 @@ def test_merged_hlogs_read_back_with_the_reference_implementation(three_agent_ru
             for percentile in (50.0, 99.0, 99.9):
                 assert total.get_value_at_percentile(percentile) == \
                     ours.value_at_percentile(percentile)
+
+
+@pytest.mark.slow
+def test_the_agent_keeps_only_reports_not_yet_journaled(tmp_path):
+    with real_target() as (url, _), real_agents(1) as agents:
+        run = DistributedRun(definition(url, rate=200, duration_s=3.0, interval_s=0.1),
+                             [agents[0].address], tmp_path / "run")
+        summary = run_to_end(run)
+        stub = agents[0].stub()
+        held = stub.Ping(agent_pb2.PingRequest(controller_unix_ns=time.time_ns(),
+                                               run_id=run.run_id), timeout=10).buffered_reports
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.StreamReports(agent_pb2.StreamReportsRequest(run_id=run.run_id,
+                                                                   after_seq=0), timeout=10))
+    assert summary["status"] == "completed"
+    (seqs,) = assert_seqs_contiguous(journal_reports(tmp_path / "run")).values()
+    # Each heartbeat acknowledged what was journaled: the agent holds at most the reports of
+    # the last heartbeat periods (0.5 s of 0.1 s intervals), not the whole run.
+    assert len(seqs) >= 30 and held <= 12, (len(seqs), held)
+    assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
