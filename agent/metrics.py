@@ -28,6 +28,7 @@ observe_* never raise on a report's content: an undecodable histogram is counted
 ``loadgate_report_decode_errors_total`` and the rest of the report is still exported.
 """
 import socket
+import threading
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -144,8 +145,11 @@ class AgentMetrics:
                 store.set(metric, value, *labels)
 
     def follow(self, service):
-        """Observes, before every scrape, what ``service`` published since the last one."""
-        self.store.before_collect = _ServiceFollower(self, service)
+        """Observes, before every scrape and before the service drops reports a controller
+        acknowledged, what ``service`` published since the last time."""
+        follower = _ServiceFollower(self, service)
+        self.store.before_collect = follower
+        service.before_acknowledge = follower
 
     def serve(self, port=0, addr="127.0.0.1"):
         """Starts ``/metrics`` on addr:port (0 picks a free port); returns the MetricsServer."""
@@ -159,8 +163,13 @@ class _ServiceFollower:
         self.metrics = metrics
         self.service = service
         self._seen = {}  # run id -> last seq observed
+        self._lock = threading.Lock()  # scrapes and acknowledgements both catch up
 
     def __call__(self):
+        with self._lock:
+            self._catch_up()
+
+    def _catch_up(self):
         for run_id, run in list(self.service.runs.items()):
             seq = self._seen.get(run_id, 0)
             for report in run.reports_after(seq):

@@ -73,6 +73,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self.loop = loop
         self.workers = options.workers or os.cpu_count() or 1
         self.runs = OrderedDict()
+        # Called before acknowledged reports are dropped, so /metrics has seen them first.
+        self.before_acknowledge = None
         self.last_contact = time.monotonic()
         self._stopping = threading.Event()
         self._watchdog = threading.Thread(target=self._dead_man_loop, daemon=True,
@@ -148,6 +150,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self._touch()
         run = self._active()
         acknowledged = self.runs.get(request.run_id) if request.run_id else None
+        if acknowledged and self.before_acknowledge is not None:
+            self.before_acknowledge()
         buffered = acknowledged.acknowledge(request.journaled_seq) if acknowledged else 0
         return agent_pb2.PingReply(controller_unix_ns=request.controller_unix_ns,
                                    agent_unix_ns=time.time_ns(),

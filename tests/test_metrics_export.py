@@ -401,3 +401,38 @@ def test_controller_metrics_move_during_a_distributed_run_and_match_its_summary(
     assert value(final, names.RUN_DEPLOYMENT.name, run_id=run.run_id, deployment="pay-1") == 1
     for agent_id in agent_ids:
         assert value(final, names.AGENT_UP.name, agent=agent_id) == 1
+
+
+@pytest.mark.slow
+def test_reports_a_controller_acknowledged_still_reach_agent_metrics():
+    """The agent drops reports once the controller says they are journaled; /metrics must have
+    counted them first, even when nobody scraped during the run."""
+    port = free_port()
+    target, host, target_port = start_target_process()
+    try:
+        with start_agent(["--workers", "1", "--metrics-port", port]) as agent:
+            endpoint = _Url(f"http://127.0.0.1:{port}/metrics")
+            stub = agent.stub()
+            spec = run_spec(f"http://{host}:{target_port}/", 200, 2.0, interval_s=0.25)
+            stub.Prepare(agent_pb2.PrepareRequest(run_id="ack", spec=spec), timeout=30)
+            stub.Start(agent_pb2.StartRequest(run_id="ack",
+                                              start_unix_ns=time.time_ns() + 300_000_000),
+                       timeout=30)
+            reports = []
+            for report in stub.StreamReports(agent_pb2.StreamReportsRequest(run_id="ack"),
+                                             timeout=60):
+                reports.append(report)
+                reply = stub.Ping(agent_pb2.PingRequest(controller_unix_ns=time.time_ns(),
+                                                        controller_id="tests", run_id="ack",
+                                                        journaled_seq=report.seq), timeout=5)
+                if report.final:
+                    break
+            final = scrape(endpoint)
+    finally:
+        stop_target_process(target)
+    assert reports[-1].final and reply.buffered_reports == 0
+    completed = sum(o.count for r in reports for t in r.targets for o in t.outcomes
+                    if o.outcome == common_pb2.OUTCOME_OK_2XX)
+    assert completed == 400
+    assert value(final, names.REQUESTS.name, target="main", outcome="2xx") == completed
+    assert value(final, names.INTERVALS.name) == len(reports)
