@@ -250,7 +250,15 @@ FAULTS = [
 def test_each_fault_is_counted_in_its_class_without_leaking_connections(behaviour, outcome):
     result, server, sampler = run_against(behaviour)
     total = check_bounded(result, server, sampler)
-    assert outcome_counts(total) == {outcome: REQUESTS}
+    counts = outcome_counts(total)
+    if outcome is Outcome.TIMEOUT:
+        # A request still waiting for the capped pool when the run ends was never sent: it is
+        # NOT_SENT, not a timeout, and only unsent requests may be.
+        not_sent = counts.pop(Outcome.NOT_SENT, 0)
+        assert not_sent <= REQUESTS - total.sent
+        assert counts == {outcome: REQUESTS - not_sent}
+    else:
+        assert counts == {outcome: REQUESTS}
     # Every request sent reached the server: the fault was really met, not avoided.  Faults
     # that hold a connection past the timeout leave later requests waiting for the capped
     # pool; those time out in the queue, unsent.
