@@ -75,6 +75,7 @@ class ReportReader:
         self.completed = 0
         self.errors = 0
         self.final = None
+        self.last_seq = 0  # acknowledged on every heartbeat, as a controller does once journaled
         self.open_connections = 0
         self._lag = Histogram()
         self._lock = threading.Lock()
@@ -89,6 +90,7 @@ class ReportReader:
                 for report in stream:
                     last = report.seq
                     self._take(report)
+                    self.last_seq = last
                     if report.final:
                         self.final = report
                         return
@@ -116,11 +118,12 @@ class ReportReader:
         return lag.value_at_percentile(99.0), lag.max
 
 
-def heartbeat(stub, stop):
+def heartbeat(stub, stop, reader):
     while not stop.wait(1.0):
         try:
             stub.Ping(agent_pb2.PingRequest(controller_unix_ns=time.time_ns(),
-                                            controller_id="soak"), timeout=5)
+                                            controller_id="soak", run_id=RUN_ID,
+                                            journaled_seq=reader.last_seq), timeout=5)
         except grpc.RpcError:
             pass
 
@@ -166,10 +169,11 @@ def main(argv=None):
             connections=args.connections, max_connections=args.connections * 4,
             timeout_s=5.0, interval_s=args.interval, workers=args.workers)
         stub.Prepare(agent_pb2.PrepareRequest(run_id=RUN_ID, spec=spec), timeout=60)
-        threading.Thread(target=heartbeat, args=(stub, stop_heartbeat), daemon=True).start()
+        reader = ReportReader(stub)
+        threading.Thread(target=heartbeat, args=(stub, stop_heartbeat, reader),
+                         daemon=True).start()
         start_ns = time.time_ns() + 500_000_000
         stub.Start(agent_pb2.StartRequest(run_id=RUN_ID, start_unix_ns=start_ns), timeout=30)
-        reader = ReportReader(stub)
         reader.thread.start()
         print(f"soak: {args.rate:g} req/s for {args.minutes:g} min through agent {address} "
               f"(pid {agent.pid}) against target {host}:{port}", flush=True)
