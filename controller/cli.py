@@ -38,12 +38,7 @@ def build_parser(argv):
     for name, module_name in COMMANDS.items():
         if module_name in seen or (wanted and name != wanted):
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not exc.name.startswith("loadgate"):
-                raise
-            continue
+        module = importlib.import_module(module_name)
         seen.add(module_name)
         module.register(sub)
     return parser

@@ -346,6 +346,18 @@ def start_target_process(args=(), timeout=15.0, env=None):
         args = ["--listen", "127.0.0.1:0"] + args
     proc = subprocess.Popen([sys.executable, "-m", "loadgate.native.target_cli"] + args,
                             stdout=subprocess.PIPE, env=env)
+    line = read_first_line(proc, timeout)
+    address = parse_listening(line)
+    if address is None:
+        stop_target_process(proc)
+        raise InfrastructureError(f"target did not start (exit {proc.returncode}, said {line!r})")
+    return proc, address[0], address[1]
+
+
+def read_first_line(proc, timeout):
+    """The first line a child wrote to its stdout pipe, without waiting past ``timeout``;
+    what it wrote so far (maybe empty) when it exits or the time runs out.  Servers that
+    print ``listening on HOST:PORT`` first (target, agent, controller) are started with it."""
     deadline = time.monotonic() + timeout
     line = b""
     with selectors.DefaultSelector() as selector:
@@ -358,11 +370,13 @@ def start_target_process(args=(), timeout=15.0, env=None):
             if not chunk:
                 break
             line += chunk
-    match = re.match(r"^listening on (.+):(\d+)$", line.decode(errors="replace").strip())
-    if not match:
-        stop_target_process(proc)
-        raise InfrastructureError(f"target did not start (exit {proc.returncode}, said {line!r})")
-    return proc, match.group(1), int(match.group(2))
+    return line.decode(errors="replace").strip()
+
+
+def parse_listening(line):
+    """(host, port) from a ``listening on HOST:PORT`` line, or None."""
+    match = re.match(r"^listening on (.+):(\d+)$", line)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def stop_target_process(proc, timeout=10.0):

@@ -10,8 +10,6 @@ tests/fake_nvml.py (``spec`` as documented there) instead of the real library.
 """
 import json
 import os
-import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import time
 
 import grpc
 
+from loadgate.native.target import parse_listening, read_first_line
 from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc
 
 AGENT_COMMAND = [sys.executable, "-m", "loadgate.agent.main"]
@@ -97,31 +96,15 @@ def start_agent(args=(), fake_nvml=None, env=None, timeout=30.0, stderr=None):
     proc = subprocess.Popen(AGENT_COMMAND + args,
                             stdout=subprocess.PIPE, stderr=stderr,
                             env=agent_env(fake_nvml, env))
-    line = _first_line(proc, timeout)
-    match = re.match(r"^listening on (.+):(\d+)$", line)
-    if not match:
+    line = read_first_line(proc, timeout)
+    address = parse_listening(line)
+    if address is None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         proc.stdout.close()
         raise RuntimeError(f"agent did not start (exit {proc.returncode}, said {line!r})")
-    return AgentProcess(proc, match.group(1), int(match.group(2)))
-
-
-def _first_line(proc, timeout):
-    deadline = time.monotonic() + timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not selector.select(left):
-                break
-            chunk = os.read(proc.stdout.fileno(), 1)
-            if not chunk:
-                break
-            line += chunk
-    return line.decode(errors="replace").strip()
+    return AgentProcess(proc, *address)
 
 
 def run_spec(url, rate, duration_s, *, name="main", connections=4, max_connections=64,
