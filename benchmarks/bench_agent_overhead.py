@@ -18,7 +18,6 @@ CPU taken as equal (what the agent and controller add outside the engine).  Noth
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_generator import run_pinned, start_nginx, start_target  # noqa: E402
+from bench_generator import run_pinned, start_nginx, start_pinned_server, start_target  # noqa: E402
 
 CLI = [sys.executable, "-m", "loadgate.controller.cli"]
 PLAN = """\
@@ -55,15 +54,10 @@ def run_bench(url, args, workdir):
 
 
 def start_agent(core):
-    proc = subprocess.Popen(["taskset", "-c", str(core)] + CLI + [
-        "agent", "--listen", "127.0.0.1:0", "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    match = re.match(r"^listening on (.+:\d+)$", line.strip())
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"agent did not start: {line!r}")
-    return proc, match.group(1)
+    proc, host, port = start_pinned_server(
+        CLI + ["agent", "--listen", "127.0.0.1:0", "--workers", "1"], core, "agent",
+        stderr=subprocess.DEVNULL)
+    return proc, f"{host}:{port}"
 
 
 def run_agent(url, args, workdir):

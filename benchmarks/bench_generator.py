@@ -157,16 +157,28 @@ def run_wrk(binary, url, args, fixed_rate, rate=None, connections=None):
     return dict(parse_wrk(text), cpu_s=cpu, wall_s=wall)
 
 
-def start_target(core):
-    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m",
-                             "loadgate.native.target_cli", "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    match = re.match(r"listening on [\d.]+:(\d+)", line)
-    if not match:
+def start_pinned_server(cmd, core, name, stderr=None):
+    """(process, host, port) of a server pinned to ``core`` once its first line of output,
+    ``listening on HOST:PORT``, says where it listens."""
+    # Imported here so that --peers-only runs where loadgate is not installed.
+    from loadgate.native.target import parse_listening, read_first_line
+
+    proc = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=subprocess.PIPE,
+                            stderr=stderr)
+    line = read_first_line(proc, 30)
+    address = parse_listening(line)
+    if address is None:
         proc.kill()
-        raise RuntimeError(f"loadgate target did not start: {line!r}")
-    return proc, int(match.group(1))
+        proc.wait()
+        raise RuntimeError(f"{name} did not start: {line!r}")
+    return proc, address[0], address[1]
+
+
+def start_target(core):
+    proc, _, port = start_pinned_server(
+        [sys.executable, "-m", "loadgate.native.target_cli", "--listen", "127.0.0.1:0"],
+        core, "loadgate target")
+    return proc, port
 
 
 def per_million(run):

@@ -28,10 +28,7 @@ import time
 import grpc
 import numpy as np
 
-from loadgate.controller.merge import WIRE_OF_OUTCOME, IntervalMerger, Metric, RunTotals
-from loadgate.controller.run_journal import RunJournal
-from loadgate.controller.runner_ingest import ReportIngest
-from loadgate.controller.runner_reports import AgentStream, HistogramLayout
+from loadgate.controller.merge import WIRE_OF_OUTCOME, Metric
 from loadgate.controller.service import ControllerService
 from loadgate.controller.service_server import start_server
 from loadgate.controller.service_runs import publish_interval
@@ -40,7 +37,9 @@ from loadgate.native._hdr import Histogram
 from loadgate.native.outcomes import Outcome
 from loadgate.proto.loadgate.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 
-TARGETS = ("baseline", "canary", "main")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ingest import TARGETS, setup  # noqa: E402
+
 WEIGHTS = {"baseline": 0.45, "canary": 0.1, "main": 0.45}
 GOAL = 1.10
 BATCHES_PER_SECOND = 100
@@ -83,12 +82,7 @@ def make_reports(agents, intervals, samples, interval_s, seed=7):
 def feed(reports, agents, rate, hub, directory):
     """Ingests ``reports`` paced at ``rate`` per second; returns (CPU s, wall s, intervals,
     the largest lag behind the pace in seconds)."""
-    layout = HistogramLayout()
-    ids = [f"agent-{a}" for a in range(agents)]
-    journal = RunJournal(os.path.join(directory, "journal.jsonl"))
-    totals = RunTotals(TARGETS, layout)
-    ingest = ReportIngest(journal, IntervalMerger(TARGETS, ids, layout, totals=totals), totals)
-    streams = [AgentStream("bench", i, TARGETS, layout) for i in ids]
+    ingest, streams = setup(directory, agents)
     per_batch = max(1, rate // BATCHES_PER_SECOND)
     released = 0
     worst_lag = 0.0
@@ -108,7 +102,7 @@ def feed(reports, agents, rate, hub, directory):
             publish_interval(hub, merged, WEIGHTS, lambda: "canary 10%")
             released += 1
     cpu, wall = time.process_time() - began_cpu, time.perf_counter() - began
-    journal.close()
+    ingest.journal.close()
     if ingest.rejections:
         raise SystemExit(f"ingest rejected reports: {ingest.rejections[:1]}")
     return cpu, wall, released, worst_lag

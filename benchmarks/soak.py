@@ -16,8 +16,6 @@ by a deadline of the run's length plus two minutes.
 """
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import threading
@@ -27,7 +25,8 @@ import grpc
 import psutil
 
 from loadgate.native._hdr import Histogram
-from loadgate.native.target import start_target_process, stop_target_process
+from loadgate.native.target import (parse_listening, read_first_line, start_target_process,
+                                    stop_target_process)
 from loadgate.proto.loadgate.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 RUN_ID = "soak"
@@ -38,13 +37,13 @@ def start_agent(workers):
     proc = subprocess.Popen([sys.executable, "-m", "loadgate.agent.main", "--listen",
                              "127.0.0.1:0", "--workers", str(workers), "--dead-man", "10s"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    line = proc.stdout.readline().decode().strip()
-    match = re.match(r"^listening on (.+):(\d+)$", line)
-    if not match:
+    line = read_first_line(proc, 30)
+    address = parse_listening(line)
+    if address is None:
         proc.kill()
         proc.wait()
         sys.exit(f"agent did not start: {line!r}")
-    return proc, f"{match.group(1)}:{match.group(2)}"
+    return proc, f"{address[0]}:{address[1]}"
 
 
 def process_tree_usage(pid):

@@ -10,15 +10,13 @@ which adopts them (``record`` / ``AdoptedAgents``) and stops them once the run i
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
 from loadgate.native.errors import InfrastructureError
-
-_LISTENING = re.compile(r"^listening on (\S+:\d+)\s*$")
+from loadgate.native.target import parse_listening
 
 
 class LocalAgents:
@@ -68,9 +66,9 @@ class LocalAgents:
             with open(path) as f:
                 first = f.readline()
             if first.endswith("\n"):
-                match = _LISTENING.match(first)
-                if match:
-                    return match.group(1)
+                address = parse_listening(first.strip())
+                if address:
+                    return f"{address[0]}:{address[1]}"
                 raise InfrastructureError(f"local agent said {first.strip()!r} (log: {path})")
             if process.poll() is not None:
                 raise InfrastructureError(

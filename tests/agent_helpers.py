@@ -86,14 +86,15 @@ def agent_env(fake_nvml=None, env=None):
     return result
 
 
-def start_agent(args=(), fake_nvml=None, env=None, timeout=30.0, stderr=None):
+def start_agent(args=(), fake_nvml=None, env=None, timeout=30.0, stderr=None, prefix=()):
     """Runs ``loadgate agent`` (on 127.0.0.1:0 unless ``args`` has --listen) and returns an
-    AgentProcess once it listens.  Raises RuntimeError with the agent's exit status if it
-    does not come up."""
+    AgentProcess once it listens.  ``prefix`` goes before the agent's command line (e.g.
+    ``ip netns exec NAME``).  Raises RuntimeError with the agent's exit status if it does
+    not come up."""
     args = [str(a) for a in args]
     if "--listen" not in args:
         args = ["--listen", "127.0.0.1:0"] + args
-    proc = subprocess.Popen(AGENT_COMMAND + args,
+    proc = subprocess.Popen([*prefix, *AGENT_COMMAND, *args],
                             stdout=subprocess.PIPE, stderr=stderr,
                             env=agent_env(fake_nvml, env))
     line = read_first_line(proc, timeout)

@@ -14,6 +14,7 @@ from test_controller_run import (assert_seqs_contiguous, completed_in, journal_r
 from loadgate.controller.run_journal import RecordKind, read_journal
 from loadgate.controller.rundir import JOURNAL
 
+RUN = [sys.executable, "-m", "loadgate.controller.cli", "run"]
 DEAD_MAN_S = 1.5
 RATE = 100
 DURATION_S = 4.0
@@ -43,6 +44,19 @@ def wait_for_reports(run_dir, count, timeout=30.0):
     raise AssertionError(f"no {count} reports journaled in {timeout} s")
 
 
+def kill_controller_after_reports(run_args, run_dir, reports=2):
+    """Runs ``loadgate run RUN_ARGS`` and SIGKILLs it once ``reports`` reports are journaled,
+    as a crash mid-run would."""
+    controller = subprocess.Popen(
+        RUN + list(run_args),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_reports(run_dir, reports)
+    finally:
+        controller.send_signal(signal.SIGKILL)
+        controller.wait()
+
+
 @pytest.mark.slow
 def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
     plan = tmp_path / "plan.yaml"
@@ -50,16 +64,9 @@ def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
     with real_target() as (url, requests_seen), \
             real_agents(2, args=("--workers", "1", "--dead-man", f"{DEAD_MAN_S}s")) as agents:
         write_plan(plan, url)
-        command = [sys.executable, "-m", "loadgate.controller.cli", "run"]
-        controller = subprocess.Popen(
-            command + [str(plan), "--agents", ",".join(a.address for a in agents),
-                       "--run-dir", run_dir, "--no-progress"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_reports(run_dir, 2)
-        finally:
-            controller.send_signal(signal.SIGKILL)
-            controller.wait()
+        kill_controller_after_reports(
+            [str(plan), "--agents", ",".join(a.address for a in agents), "--run-dir", run_dir,
+             "--no-progress"], run_dir)
         killed = time.monotonic()
         # Watch the target until well past the schedule's end: the count must stop growing
         # within the dead-man time and then stay flat.
@@ -74,7 +81,7 @@ def test_killed_controller_agents_stop_and_resume_collects_everything(tmp_path):
 
         report = os.path.join(run_dir, "report.html")
         assert not os.path.exists(report)
-        resumed = subprocess.run(command + ["--resume", run_dir, "--no-progress"],
+        resumed = subprocess.run(RUN + ["--resume", run_dir, "--no-progress"],
                                  capture_output=True, text=True, timeout=60)
         seen = requests_seen()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -106,16 +113,9 @@ def test_resume_adopts_and_stops_the_local_agents_of_a_killed_controller(tmp_pat
     with real_target() as (url, requests_seen):
         write_plan(plan, url)
         plan.write_text(plan.read_text() + "local_agents: 2\n")
-        command = [sys.executable, "-m", "loadgate.controller.cli", "run"]
-        controller = subprocess.Popen(
-            command + [str(plan), "--run-dir", run_dir, "--workers", "1", "--no-progress",
-                       "--dead-man", str(DEAD_MAN_S)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for_reports(run_dir, 2)
-        finally:
-            controller.send_signal(signal.SIGKILL)
-            controller.wait()
+        kill_controller_after_reports(
+            [str(plan), "--run-dir", run_dir, "--workers", "1", "--no-progress",
+             "--dead-man", str(DEAD_MAN_S)], run_dir)
         with open(os.path.join(run_dir, "local-agents.json")) as f:
             pids = json.load(f)["pids"]
         # Orphaned, the agents live on (holding their reports) and stop their own load.
@@ -125,7 +125,7 @@ def test_resume_adopts_and_stops_the_local_agents_of_a_killed_controller(tmp_pat
         time.sleep(0.5)
         assert requests_seen() == stopped_at < RATE * DURATION_S
 
-        resumed = subprocess.run(command + ["--resume", run_dir, "--no-progress"],
+        resumed = subprocess.run(RUN + ["--resume", run_dir, "--no-progress"],
                                  capture_output=True, text=True, timeout=60)
         seen = requests_seen()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

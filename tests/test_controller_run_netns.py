@@ -3,16 +3,13 @@ on separate nodes: a run across them, then one is cut off mid-run (its link goes
 its packets vanish instead of being refused) and is declared lost while the other finishes.
 Skipped where the environment cannot create namespaces."""
 import os
-import re
-import selectors
 import shutil
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
+from agent_helpers import start_agent
 from test_controller_run import (assert_seqs_contiguous, completed_in, definition,
                                  journal_reports, run_to_end)
 from loadgate.controller.plan_model import AgentLossPolicy
@@ -76,28 +73,6 @@ class Network:
         ip("link", "del", BRIDGE, check=False)
 
 
-def start_agent_in(namespace, address, args):
-    proc = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m",
-                             "loadgate.agent.main", "--listen", f"{address}:0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    line = b""
-    deadline = time.monotonic() + 30
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            if selector.select(max(0.0, deadline - time.monotonic())):
-                chunk = os.read(proc.stdout.fileno(), 1)
-                if not chunk:
-                    break
-                line += chunk
-    match = re.match(r"^listening on (\S+:\d+)$", line.decode(errors="replace").strip())
-    if not match:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"agent in {namespace} did not start: {line!r}")
-    return proc, match.group(1)
-
-
 @pytest.mark.slow
 def test_agents_in_namespaces_run_then_one_is_cut_off(tmp_path):
     reason = namespaces_possible()
@@ -112,13 +87,14 @@ def test_agents_in_namespaces_run_then_one_is_cut_off(tmp_path):
                                                    "--latency", "1ms"])
         try:
             for name, address in zip(network.names, network.addresses):
-                agents.append(start_agent_in(name, address, [
-                    "--workers", "1", "--token-file", str(token), "--allow", network.host,
-                    "--dead-man", "1.5s"]))
+                agents.append(start_agent(
+                    ["--listen", f"{address}:0", "--workers", "1", "--token-file", str(token),
+                     "--allow", network.host, "--dead-man", "1.5s"],
+                    prefix=["ip", "netns", "exec", name], stderr=subprocess.DEVNULL))
             run = DistributedRun(
                 definition(f"http://{host}:{port}", rate=200, duration_s=4.0,
                            policy=AgentLossPolicy.CONTINUE),
-                [address for _, address in agents], run_dir,
+                [agent.address for agent in agents], run_dir,
                 metadata=(("authorization", "Bearer netns-test-token"),))
             cut = {}
 
@@ -128,9 +104,8 @@ def test_agents_in_namespaces_run_then_one_is_cut_off(tmp_path):
                     network.cut(1)
             summary = run_to_end(run, cut_second_agent)
         finally:
-            for proc, _ in agents:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            for agent in agents:
+                agent.kill()
             stop_target_process(target)
     first, second = summary["agents"]
     assert summary["status"] == "completed"

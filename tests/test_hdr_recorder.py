@@ -25,18 +25,25 @@ def run_writers(recorder, batches_per_writer):
     return threads
 
 
-def test_concurrent_array_writers_never_lose_a_count():
-    rng = np.random.default_rng(17)
-    batches_per_writer = [[rng.integers(0, 4_000_000_000, 20_000) for _ in range(40)]
-                          for _ in range(4)]
-    recorder = IntervalRecorder()
-    threads = run_writers(recorder, batches_per_writer)
+def snapshots_until_done(recorder, threads):
+    """Snapshots taken over and over while the writer threads run, then the last one once
+    they have all ended."""
     snapshots = []
     while any(thread.is_alive() for thread in threads):
         snapshots.append(recorder.snapshot())
     for thread in threads:
         thread.join()
     snapshots.append(recorder.snapshot())
+    return snapshots
+
+
+def test_concurrent_array_writers_never_lose_a_count():
+    rng = np.random.default_rng(17)
+    batches_per_writer = [[rng.integers(0, 4_000_000_000, 20_000) for _ in range(40)]
+                          for _ in range(4)]
+    recorder = IntervalRecorder()
+    threads = run_writers(recorder, batches_per_writer)
+    snapshots = snapshots_until_done(recorder, threads)
 
     expected = Histogram()
     for batches in batches_per_writer:
@@ -61,12 +68,7 @@ def test_concurrent_single_value_writers_never_lose_a_count():
     threads = [threading.Thread(target=write, args=(k * per_thread,)) for k in range(3)]
     for thread in threads:
         thread.start()
-    snapshots = []
-    while any(thread.is_alive() for thread in threads):
-        snapshots.append(recorder.snapshot())
-    for thread in threads:
-        thread.join()
-    snapshots.append(recorder.snapshot())
+    snapshots = snapshots_until_done(recorder, threads)
     expected = Histogram(1, 10**6, 2)
     expected.record_array(np.arange(3 * per_thread) % 10**6)
     assert merge(snapshots) == expected
