@@ -3,7 +3,10 @@
 nginx serves a fixed 3-byte answer on loopback, pinned to one core; every generator is pinned
 to another core and measured the same way (CPU time of its whole process tree from wait4):
 
-1. generator CPU seconds per 1M requests at a fixed 10k req/s: loadgate / wrk2 (goal <= 0.8);
+1. generator CPU seconds per 1M requests at a fixed 10k req/s: loadgate / wrk2 (goal <= 0.8),
+   with exact pacing and with a 1 ms pacing window (wrk2's own granularity), beside the floor:
+   ``pacing_floor.c``, the least an open-loop client can do (no parser, no histogram), built
+   here with gcc and run both ways; what exact pacing costs it is this machine's price;
 2. loadgate's schedule lag (actual send - intended send) p50 / p99 at that rate (goals 20 µs,
    200 µs), with wrk2's achieved rate beside it;
 3. maximum throughput with 50 connections, closed loop: loadgate / wrk (goal >= 1.0);
@@ -118,9 +121,11 @@ def parse_wrk(text):
             "latency_us": percentiles}
 
 
-def loadgate_cmd(url, args, json_path, closed):
+def loadgate_cmd(url, args, json_path, closed, window):
     cmd = [sys.executable, "-m", "loadgate.controller.cli", "bench", url, "-d", f"{args.duration}s",
            "-c", str(args.connections), "-t", "1", "--json", json_path]
+    if window:
+        cmd += ["--pacing-window", window]
     return cmd + (["--closed"] if closed else ["-R", str(args.rate)])
 
 
@@ -130,9 +135,9 @@ def loadgate_available():
     return probe.returncode == 0
 
 
-def run_loadgate(url, args, workdir, closed):
+def run_loadgate(url, args, workdir, closed, window=None):
     json_path = os.path.join(workdir, "closed.json" if closed else "open.json")
-    text, rc, cpu, wall = run_pinned(loadgate_cmd(url, args, json_path, closed),
+    text, rc, cpu, wall = run_pinned(loadgate_cmd(url, args, json_path, closed, window),
                                      args.generator_core, args.duration * 3 + 60)
     if rc != 0 or not os.path.exists(json_path):
         raise RuntimeError(f"loadgate bench failed ({rc}):\n{text}")
@@ -155,6 +160,29 @@ def run_wrk(binary, url, args, fixed_rate, rate=None, connections=None):
     if rc != 0:
         raise RuntimeError(f"{binary} failed ({rc}):\n{text}")
     return dict(parse_wrk(text), cpu_s=cpu, wall_s=wall)
+
+
+def build_floor(workdir):
+    """The path of pacing_floor.c compiled into ``workdir``, or None without a C compiler."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        return None
+    binary = os.path.join(workdir, "pacing_floor")
+    subprocess.run([compiler, "-O2", "-o", binary, os.path.join(HERE, "pacing_floor.c")],
+                   check=True)
+    return binary
+
+
+def run_floor(binary, port, args, window_ns):
+    cmd = [binary, str(port), str(args.rate), str(args.duration), str(args.connections),
+           str(window_ns)]
+    text, rc, cpu, wall = run_pinned(cmd, args.generator_core, args.duration * 3 + 60)
+    if rc != 0:
+        raise RuntimeError(f"pacing_floor failed ({rc}):\n{text}")
+    report = json.loads(text.strip().splitlines()[-1])
+    return {"requests": report["completed"], "rate": report["completed"] / args.duration,
+            "errors": report["requests"] - report["completed"], "cpu_s": cpu, "wall_s": wall,
+            "lag_us": report["lag_us"]}
 
 
 def start_pinned_server(cmd, core, name, stderr=None):
@@ -200,6 +228,12 @@ def measure_round(found, args, with_loadgate):
             runs["wrk2_fixed"] = run_wrk(found["wrk2"], url, args, fixed_rate=True)
         if with_loadgate:
             runs["loadgate_fixed"] = run_loadgate(url, args, workdir, closed=False)
+            runs["loadgate_fixed_1ms"] = run_loadgate(url, args, workdir, closed=False,
+                                                      window="1ms")
+        floor = build_floor(workdir)
+        if floor:
+            runs["floor_fixed"] = run_floor(floor, port, args, 0)
+            runs["floor_fixed_1ms"] = run_floor(floor, port, args, 1_000_000)
         runs["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
         if with_loadgate:
             runs["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
@@ -262,8 +296,9 @@ def main(argv=None):
 
 def report(runs, args):
     print(f"{'run':<22}{'requests':>10}{'req/s':>11}{'errors':>8}{'CPU s':>8}{'CPU s/1M':>10}")
-    for name in ("wrk2_fixed", "loadgate_fixed", "wrk_max", "loadgate_max",
-                 "nginx_at_target_rate", "target_at_target_rate"):
+    for name in ("wrk2_fixed", "loadgate_fixed", "loadgate_fixed_1ms", "floor_fixed",
+                 "floor_fixed_1ms", "wrk_max", "loadgate_max", "nginx_at_target_rate",
+                 "target_at_target_rate"):
         run = runs.get(name)
         if run:
             print(f"{name:<22}{run['requests']:>10}{run['rate']:>11.0f}{run['errors']:>8}"
@@ -278,6 +313,19 @@ def report(runs, args):
             runs["cpu_ratio_self_reported"] = steady / per_million(w2)
             print(f"    loadgate's own count of its workers' CPU (no interpreter start-up): "
                   f"{steady:.2f} s per 1M -> ratio {steady / per_million(w2):.2f}")
+    for name, label in (("loadgate_fixed_1ms", "loadgate, 1 ms pacing window"),
+                        ("floor_fixed", "floor, exact pacing"),
+                        ("floor_fixed_1ms", "floor, 1 ms pacing window")):
+        run = runs.get(name)
+        if run and w2:
+            ratio = runs[f"cpu_ratio_{name}"] = per_million(run) / per_million(w2)
+            lag = run["lag_us"]
+            own = ""
+            if run.get("self_cpu_s") is not None:
+                steady = run["self_cpu_s"] / max(run["requests"], 1) * 1e6
+                own = f" (workers alone {steady:.2f} s, ratio {steady / per_million(w2):.2f})"
+            print(f"    {label}: {per_million(run):.2f} s per 1M -> ratio {ratio:.2f}{own}, "
+                  f"lag p50 {lag['p50']} µs p99 {lag['p99']} µs")
     if lg:
         lag = lg["lag_us"]
         print(f"(2) schedule lag at {args.rate} req/s: p50 {lag['p50']} µs, p99 {lag['p99']} µs, "
@@ -307,6 +355,10 @@ def summarise(results):
         "cpu_ratio_median": median(r.get("cpu_ratio") for r in rounds),
         "cpu_ratio_self_reported_median": median(r.get("cpu_ratio_self_reported") for r in rounds),
         "throughput_ratio_median": median(r.get("throughput_ratio") for r in rounds),
+        "cpu_ratio_1ms_window_median": median(r.get("cpu_ratio_loadgate_fixed_1ms")
+                                              for r in rounds),
+        "cpu_ratio_floor_exact_median": median(r.get("cpu_ratio_floor_fixed") for r in rounds),
+        "cpu_ratio_floor_1ms_median": median(r.get("cpu_ratio_floor_fixed_1ms") for r in rounds),
         "lag_p50_us_median": median(r["loadgate_fixed"]["lag_us"]["p50"]
                                     for r in rounds if "loadgate_fixed" in r),
         "lag_p99_us_median": median(r["loadgate_fixed"]["lag_us"]["p99"]

@@ -54,13 +54,21 @@ cdef class Connection:
     cdef object transport
     cdef object parser
     cdef bint busy, closed
+    # The transport holds part of a request: later writes must go through it too.
+    cdef bint queued
+    # The general parser holds part of a response: later bytes must go to it too.
+    cdef bint mid_message
     # The socket while its answers are harvested (lg_harvest.h), else -1.
     cdef int fd
     cdef int64_t intended, sent_at
     # Writes the next request for an arrival due at ``intended``; the engine calls it.
     cdef void send(self, int64_t intended, int64_t now) except *
+    # Writes a request's bytes: straight to a harvested socket, else through the transport.
+    cdef void write(self, bytes request) except *
     # Feeds bytes that arrived at ``rx_ns`` (monotonic) to the response parser.
     cdef void received(self, bytes data, int64_t rx_ns) except *
+    # The response to the request in flight is complete: records it and frees or closes.
+    cdef void complete(self, int status, bint keep_alive, int64_t now) except *
     # The harvest saw end of stream or an error: the request in flight is a RESET.
     cdef void peer_closed(self) except *
     # Closes (or aborts) the transport, leaving the harvest first.
@@ -80,6 +88,11 @@ cdef class WorkerEngine:
     cdef int timer_fd
     cdef int64_t start_mono, end_mono, timeout_ns, window_ns
     cdef int64_t early_ns, wake_target
+    # Every answer is read by the harvest (plain HTTP, open loop): the engine may then sleep
+    # in place between close sends (see may_sleep).
+    cdef bint harvest_all
+    # Connections whose transport holds bytes a direct write could not take.
+    cdef set queued
     cdef bint open_loop, generating, started, users_started, stopped
     cdef Py_ssize_t closed_users
     cdef double think_time_s
@@ -97,6 +110,10 @@ cdef class WorkerEngine:
     cdef void watch_harvest(self, bint wanted) except *
     # Reads every answer that has arrived, with its kernel receive time.
     cdef void harvest(self) except *
+    # Adapts the early wake-up to where the last wake-up landed against its target.
+    cdef void track_wake(self, int64_t now) noexcept
+    # True when sleeping inside the timer callback cannot delay anything uvloop would do.
+    cdef bint may_sleep(self) except -1
     # Loads the next batch of arrivals; False once the schedule is exhausted.
     cdef bint refill(self) except -1
     # No more arrivals: what is in flight drains, then on_drained is called.

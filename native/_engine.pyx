@@ -1,4 +1,4 @@
-# distutils: sources = native/lg_hdr.c native/lg_pacer.c native/lg_harvest.c
+# distutils: sources = native/lg_hdr.c native/lg_pacer.c native/lg_harvest.c native/lg_http.c
 """The open-loop HTTP/1.1 engine's hot path, one instance per worker process.
 
 Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival (plus
@@ -42,7 +42,11 @@ cdef extern from "lg_harvest.h" nogil:
     int lg_harvest_unwatch(int epoll_fd, int fd)
     int lg_harvest_ready(int epoll_fd, int* ready_fds, int max)
     Py_ssize_t lg_harvest_recv(int fd, char* buffer, size_t length, int64_t* realtime_ns)
+    Py_ssize_t lg_harvest_send(int fd, const char* buffer, size_t length)
     int64_t lg_harvest_realtime_offset_ns()
+
+cdef extern from "lg_http.h" nogil:
+    int lg_http_whole_response(const char* buffer, size_t length, int* keep_alive)
 
 cdef extern from "lg_pacer.h" nogil:
     int64_t lg_pacer_now_ns()
@@ -51,6 +55,7 @@ cdef extern from "lg_pacer.h" nogil:
     int lg_pacer_disarm(int fd)
     int64_t lg_pacer_consume(int fd)
     int64_t lg_pacer_spin_until(int64_t deadline_ns)
+    int64_t lg_pacer_sleep_until(int64_t deadline_ns)
     int lg_pacer_tighten_timer_slack()
 
 # A wake-up from epoll costs about 15 us of CPU on a virtual machine; spinning through a
@@ -68,6 +73,10 @@ DEF UNSCHEDULED_BATCH = 65536
 # Responses get a wake-up of their own only when the next send is further away than this
 # plus the pacing window; closer, they are collected at that send's wake-up.
 DEF HARVEST_WAKE_NS = 250000
+# Within one timer callback the engine sleeps in place (clock_nanosleep) for sends closer than
+# that, up to this long before it returns to uvloop: a trip through the event loop costs
+# about as much CPU as the wake-up itself, and at high rates there is one per send.
+DEF SLICE_NS = 5000000
 DEF HARVEST_BUFFER = 65536
 DEF HARVEST_READY_MAX = 256
 DEF HARVEST_MAX_AGE_NS = 1000000000
@@ -75,6 +84,14 @@ DEF HARVEST_MAX_AGE_NS = 1000000000
 DEF CLOSED_RETRY_S = 0.01
 
 _CONNECT_FAILURES = (OSError, asyncio.TimeoutError, ValueError)
+
+
+def whole_response(bytes data):
+    """(status, keep_alive) when ``data`` is exactly one complete response of the shape the
+    harvest reads without the general parser (lg_http.h), else None."""
+    cdef int keep_alive = 0
+    cdef int status = lg_http_whole_response(data, len(data), &keep_alive)
+    return None if status < 0 else (status, bool(keep_alive))
 
 
 def monotonic_ns():
@@ -122,6 +139,9 @@ cdef class WorkerEngine:
         self.harvest_watched = False
         self.rx_ns = 0
         self.harvest_fd = -1
+        self.queued = set()
+        self.harvest_all = self.open_loop and all(
+            (<TargetState> target).ssl_context is None for target in targets)
         if self.open_loop:
             fd = lg_harvest_open()
             if fd < 0:
@@ -188,7 +208,7 @@ cdef class WorkerEngine:
         self.harvest()
 
     cdef void harvest(self) except *:
-        cdef int count, i, fd
+        cdef int count, i, fd, status, keep_alive
         cdef Py_ssize_t received
         cdef int64_t realtime_ns, offset, now, arrived
         cdef Connection conn
@@ -212,6 +232,12 @@ cdef class WorkerEngine:
                     # A stepped wall clock would put the arrival in the future or far past.
                     if not now - HARVEST_MAX_AGE_NS <= arrived <= now:
                         arrived = now
+                    if conn.busy and not conn.mid_message:
+                        status = lg_http_whole_response(self.recv_buffer, received, &keep_alive)
+                        if status >= 0:
+                            conn.target.bytes_read += received
+                            conn.complete(status, keep_alive, arrived)
+                            break
                     conn.received(PyBytes_FromStringAndSize(self.recv_buffer, received), arrived)
                     if received < HARVEST_BUFFER:
                         break
@@ -226,20 +252,12 @@ cdef class WorkerEngine:
         self.sweep_handle = self.loop.call_later(interval, self._sweep)
 
     def _on_timer(self):
-        cdef int64_t now, due
+        cdef int64_t now, due, wake, slice_end
         if not self.generating:
             lg_pacer_consume(self.timer_fd)
             return
         now = lg_pacer_now_ns()
-        if self.wake_target:
-            # Track the lower quartile of the wake-up latency (three steps down for each one
-            # up): arming that much early lands a quarter of the wake-ups just before their
-            # send (a short spin) and the rest just after it (a short lag).
-            if now < self.wake_target:
-                self.early_ns = max(self.early_ns - 3 * EARLY_STEP_NS, 0)
-            else:
-                self.early_ns = min(self.early_ns + EARLY_STEP_NS, EARLY_MAX_NS)
-            self.wake_target = 0
+        self.track_wake(now)
         if not self.open_loop:
             if now >= self.end_mono:
                 self.end_generation()
@@ -251,25 +269,61 @@ cdef class WorkerEngine:
             else:
                 lg_pacer_consume(self.timer_fd)
             return
+        slice_end = now + SLICE_NS
         while self.generating:
             if self.batch_pos >= self.batch_len and not self.refill():
                 self.end_generation()
                 return
             due = self.start_mono + self.batch[self.batch_pos]
-            if due - self.early_ns > now + SPIN_NS:
+            # With a pacing window nothing spins: the window already allows that much lag.
+            if due > now and (self.window_ns > 0 or due - self.early_ns > now + SPIN_NS):
                 # With a pacing window the wake-up comes up to a window late and takes every
                 # arrival due by then: fewer wake-ups, lag up to the window (wrk2 uses 1 ms).
                 self.wake_target = due + self.window_ns
-                lg_pacer_arm(self.timer_fd, self.wake_target - self.early_ns)
-                self.watch_harvest(due - now > HARVEST_WAKE_NS + self.window_ns)
+                wake = self.wake_target - self.early_ns
                 # Responses are read after the sends, which should not wait for them.
                 self.harvest()
+                if (wake < slice_end and wake - now <= HARVEST_WAKE_NS + self.window_ns
+                        and self.may_sleep()):
+                    with nogil:
+                        now = lg_pacer_sleep_until(wake)
+                    self.track_wake(now)
+                    continue
+                lg_pacer_arm(self.timer_fd, wake)
+                self.watch_harvest(due - now > HARVEST_WAKE_NS + self.window_ns)
                 return
             if due > now:
                 now = lg_pacer_spin_until(due)
             self.batch_pos += 1
             self.dispatch(due, now)
             now = lg_pacer_now_ns()
+
+    cdef void track_wake(self, int64_t now) noexcept:
+        if self.wake_target and not self.window_ns:
+            # Track the lower quartile of the wake-up latency (three steps down for each one
+            # up): arming that much early lands a quarter of the wake-ups just before their
+            # send (a short spin) and the rest just after it (a short lag).
+            if now < self.wake_target:
+                self.early_ns = max(self.early_ns - 3 * EARLY_STEP_NS, 0)
+            else:
+                self.early_ns = min(self.early_ns + EARLY_STEP_NS, EARLY_MAX_NS)
+        self.wake_target = 0
+
+    cdef bint may_sleep(self) except -1:
+        cdef TargetState target
+        cdef Connection conn
+        # While the engine sleeps here uvloop runs nothing: no answer may depend on it for its
+        # timing, no connection may be opening for a queued request, no write may be queued.
+        if not self.harvest_all:
+            return False
+        for target in self.targets:
+            if target.pending.length or target.connecting:
+                return False
+        for conn in list(self.queued):
+            if conn.closed or conn.transport.get_write_buffer_size() == 0:
+                conn.queued = False
+                self.queued.discard(conn)
+        return not self.queued
 
     cdef bint refill(self) except -1:
         batch = self.cursor.next_batch(self.batch_size)

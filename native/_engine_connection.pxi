@@ -100,6 +100,8 @@ cdef class Connection:
         self.parser = httptools.HttpResponseParser(self)
         self.busy = False
         self.closed = False
+        self.queued = False
+        self.mid_message = False
         self.fd = -1
 
     cdef void send(self, int64_t intended, int64_t now) except *:
@@ -110,7 +112,30 @@ cdef class Connection:
         self.engine.busy.add(self)
         target.sent += 1
         target.schedule_lag.record_nogil(micros(now - intended))
-        self.transport.write(target.next_request_bytes())
+        self.write(target.next_request_bytes())
+
+    cdef void write(self, bytes request) except *:
+        cdef Py_ssize_t sent
+        # A harvested socket with nothing queued is written directly: uvloop's write path
+        # costs more than the send itself.  What does not fit goes to the transport, which
+        # then owns the ordering until its buffer drains.
+        if self.queued and self.transport.get_write_buffer_size() == 0:
+            self.queued = False
+            self.engine.queued.discard(self)
+        if self.fd >= 0 and not self.queued:
+            sent = lg_harvest_send(self.fd, request, len(request))
+            if sent == len(request):
+                return
+            if sent == -EAGAIN or sent == -EINTR:
+                sent = 0
+            elif sent < 0:
+                self.peer_closed()
+                return
+            request = request[sent:]
+        self.transport.write(request)
+        if self.fd >= 0 and self.transport.get_write_buffer_size():
+            self.queued = True
+            self.engine.queued.add(self)
 
     cdef void end_request(self, int outcome, int64_t now) except *:
         self.busy = False
@@ -143,6 +168,9 @@ cdef class Connection:
                 transport.pause_reading()
                 self.fd = fd
                 self.engine.harvested[fd] = self
+            else:
+                # uvloop reads this one and times its answers: the engine must not sleep.
+                self.engine.harvest_all = False
         self.engine.connection_free(self)
 
     cdef void peer_closed(self) except *:
@@ -167,14 +195,18 @@ cdef class Connection:
                 self.end_request(LG_PARSE_ERROR, lg_pacer_now_ns())
             self.abort()
 
+    def on_message_begin(self):
+        self.mid_message = True
+
     def on_message_complete(self):
-        cdef int64_t now = self.engine.rx_ns
         cdef int status = self.parser.get_status_code()
+        self.mid_message = False
+        if status >= 200:
+            self.complete(status, self.parser.should_keep_alive(), self.engine.rx_ns)
+
+    cdef void complete(self, int status, bint keep_alive, int64_t now) except *:
         # Taken before the connection is handed on: a queued request may reuse it at once.
         cdef int64_t intended = self.intended, sent_at = self.sent_at
-        if status < 200:
-            return
-        keep_alive = self.parser.should_keep_alive()
         self.busy = False
         self.engine.busy.discard(self)
         self.target.service_time.record_nogil(micros(now - sent_at))

@@ -86,6 +86,12 @@ ssize_t lg_harvest_recv(int fd, char* buffer, size_t length, int64_t* realtime_n
     return received;
 }
 
+ssize_t lg_harvest_send(int fd, const char* buffer, size_t length)
+{
+    ssize_t sent = send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return sent < 0 ? -errno : sent;
+}
+
 int64_t lg_harvest_realtime_offset_ns(void)
 {
     struct timespec realtime, monotonic;

@@ -33,6 +33,11 @@ int lg_harvest_ready(int epoll_fd, int* ready_fds, int max);
  * time of the last byte read, or 0 if the kernel gave none. */
 ssize_t lg_harvest_recv(int fd, char* buffer, size_t length, int64_t* realtime_ns);
 
+/* Writes what it can of buffer to fd without blocking or raising SIGPIPE.  Returns the byte
+ * count (possibly short) or -errno.  Only for a harvested socket whose transport has nothing
+ * queued, so bytes cannot overtake each other. */
+ssize_t lg_harvest_send(int fd, const char* buffer, size_t length);
+
 /* CLOCK_REALTIME minus CLOCK_MONOTONIC, in ns: converts receive timestamps to the pacing
  * clock. */
 int64_t lg_harvest_realtime_offset_ns(void);

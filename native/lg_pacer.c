@@ -61,6 +61,20 @@ int64_t lg_pacer_spin_until(int64_t deadline_ns)
     return now;
 }
 
+int64_t lg_pacer_sleep_until(int64_t deadline_ns)
+{
+    struct timespec until;
+    if (deadline_ns > 0)
+    {
+        until.tv_sec = deadline_ns / LG_NS_PER_S;
+        until.tv_nsec = deadline_ns % LG_NS_PER_S;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+        {
+        }
+    }
+    return lg_pacer_now_ns();
+}
+
 int lg_pacer_tighten_timer_slack(void)
 {
     return prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL) < 0 ? -errno : 0;

@@ -31,6 +31,11 @@ int64_t lg_pacer_consume(int fd);
  * for the last few microseconds before a send, where a sleep would overshoot. */
 int64_t lg_pacer_spin_until(int64_t deadline_ns);
 
+/* Sleeps until the monotonic clock reaches deadline_ns (at once if it has) and returns the
+ * clock then.  Blocks the calling thread: only for the engine's short in-slice waits, where a
+ * return to the event loop would cost more than the wait. */
+int64_t lg_pacer_sleep_until(int64_t deadline_ns);
+
 /* Sets this thread's timer slack to 1 ns so the kernel does not batch our wake-ups by the
  * default 50 µs; returns 0 or -errno.  Called once by a worker before it starts pacing. */
 int lg_pacer_tighten_timer_slack(void);

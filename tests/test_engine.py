@@ -316,3 +316,17 @@ def test_an_exception_from_on_interval_stops_the_run():
     total = result.totals.combined()
     assert result.scheduled == 6000 == total.finished
     assert total.not_sent > 4000
+
+
+def test_a_request_larger_than_the_socket_buffer_arrives_whole_and_in_order():
+    # Requests go straight to the socket while its transport has nothing queued; what the
+    # socket cannot take at once is handed to the transport, and the next request must wait
+    # behind it rather than overtake it.
+    body = bytes(range(256)) * 32768
+    with RecordingServer() as server:
+        spec = {"request": RequestTemplate(method="POST", body=body)}
+        result = run_once(config(server.url + "/big", ConstantRate(40, 0.1), connections=1,
+                                 max_connections=1, spec=spec, timeout_s=30.0), workers=1)
+        seen = [(method, path, len(got), got == body) for method, path, got in server.requests]
+    assert outcome_counts(result.totals.combined()) == {Outcome.OK_2XX: 4}
+    assert seen == [("POST", "/big", len(body), True)] * 4
