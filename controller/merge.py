@@ -131,6 +131,9 @@ class MergedInterval:
     correction: bool = False
     discarded: tuple = ()  # agent ids whose report for it was refused (nothing of it is here)
     reporters: set = field(default_factory=set, repr=False)
+    # agent id -> the GeneratorHealth of its report; the runner puts it in agent order, with
+    # an empty one for each agent that sent none, as it hands the interval out.
+    health: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def empty(cls, index, target_names, layout):
@@ -171,6 +174,13 @@ class MergedInterval:
         if interval.saturated:
             self.saturated += (interval.agent_id,)
         self.telemetry.extend((interval.agent_id, sample) for sample in interval.telemetry)
+        known = self.health.get(interval.agent_id)
+        if known is None:
+            self.health[interval.agent_id] = interval.health
+        else:
+            # A second report for the same interval (a failed run's final one) updates only
+            # the figures it carries.
+            known.MergeFrom(interval.health)
         return None
 
     def _reported(self, agent_id):

@@ -38,6 +38,11 @@ class TrackedSource:
         self._stopped = False
         self._lock = threading.Lock()
 
+    @property
+    def run(self):
+        """The inner source's DistributedRun (if any), for whoever follows its intervals."""
+        return getattr(self.inner, "run", None)
+
     def describe(self):
         return self.inner.describe()
 

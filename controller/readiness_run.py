@@ -12,6 +12,10 @@ recorded in ``local-agents.json``) and fresh ones started, finished stages and c
 are not repeated, and the load of the new controller goes to a fresh ``load-N`` directory so
 the dead one's measurements stay as they were.
 
+``serve`` (``loadgate run --serve``) drives the run through a service_runs.ManagedRun instead,
+whose thread ticks it and publishes every transition and merged interval; ``serve(managed)``
+starts the server that exposes it (service_server.serve_run), stopped when the run ends.
+
 A readiness plan is one that declares ``gates:``: there is something to judge.  A plan without
 gates is a plain load run (``loadgate run`` without this module).
 """
@@ -33,6 +37,7 @@ from loadgate.controller.readiness import JOURNAL_NAME, Readiness
 from loadgate.controller.readiness_progress import ReadinessProgress, TrackedSource
 from loadgate.controller.report_html import write_report_html
 from loadgate.controller.runner_source import AgentMeasurementSource
+from loadgate.controller.service_runs import ManagedRun
 from loadgate.controller.verdict import ErrorKind, RunStatus, VerdictStatus
 from loadgate.native.errors import InfrastructureError, LoadgateError
 
@@ -75,9 +80,9 @@ def wants_readiness(args):
     return is_readiness_plan(load_plan(args.plan))
 
 
-def run_command(args, agents, credentials, metadata):
+def run_command(args, agents, credentials, metadata, serve=None):
     """``loadgate run`` of a readiness plan (or ``--resume`` of a readiness run); returns
-    ``loadgate gate check``'s exit code for the run."""
+    ``loadgate gate check``'s exit code for the run.  ``serve``: see the module docstring."""
     if args.resume:
         run_dir, plan = args.resume, None
     else:
@@ -87,7 +92,8 @@ def run_command(args, agents, credentials, metadata):
     with interrupted_by_sigterm():
         run_readiness(plan, run_dir, agents=agents, progress=not args.no_progress,
                       resume=bool(args.resume), workers=args.workers,
-                      credentials=credentials, metadata=metadata, dead_man_s=args.dead_man)
+                      credentials=credentials, metadata=metadata, dead_man_s=args.dead_man,
+                      serve=serve)
     return int(gate_cli.check(run_dir)[0])
 
 
@@ -108,13 +114,14 @@ def _interrupt(signum, frame):
 
 def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, workers=0,
                   credentials=None, metadata=(), tick_s=0.25, out=None, console=None,
-                  dead_man_s=None):
+                  dead_man_s=None, serve=None):
     """Runs (or with resume=True, continues) the readiness run of plan in run_dir until it
     ends; returns its Verdict.  ``agents`` (host:port list) overrides the plan's; with none
     at all the plan's ``local_agents`` are started here and stopped at the end.  Raises
     InfrastructureError (after writing an error verdict) when the agents cannot start.
     ``console`` (rich) is where the live progress goes (default: stderr); ``dead_man_s`` is
-    how soon local agents stop their load without this controller (default 3 s)."""
+    how soon local agents stop their load without this controller (default 3 s); ``serve``
+    exposes the run while it lasts (see the module docstring)."""
     out = out or sys.stdout
     run_dir = os.path.abspath(os.fspath(run_dir))
     if resume:
@@ -146,7 +153,7 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
             plan, entries, load_dir, workers_per_agent=workers, credentials=credentials,
             metadata=metadata))
         verdict = _drive(plan, run_dir, source, resume, {
-            "enabled": progress, "console": console}, tick_s)
+            "enabled": progress, "console": console}, tick_s, serve)
     finally:
         if local is not None:
             local.stop()
@@ -157,24 +164,43 @@ def run_readiness(plan, run_dir, *, agents=None, progress=True, resume=False, wo
     return verdict
 
 
-def _drive(plan, run_dir, source, resume, view_options, tick_s):
+def _drive(plan, run_dir, source, resume, view_options, tick_s, serve=None):
+    managed = server = None
     try:
-        readiness = Readiness.resume(run_dir, source) if resume else \
-            Readiness(plan, run_dir, source)
+        if serve is None:
+            readiness = Readiness.resume(run_dir, source) if resume else \
+                Readiness(plan, run_dir, source)
+        else:
+            managed = ManagedRun(os.path.basename(run_dir), plan, run_dir, source,
+                                 tick_s=tick_s, resume=resume)
+            readiness = managed.readiness
     except BaseException:
         source.stop()
         raise
     try:
         if resume and not readiness.status.final:
             _warm_up(plan, source)
+        if managed is not None:
+            server = serve(managed)
+            managed.start()
         with ReadinessProgress(readiness, source, **view_options) as view:
-            while not readiness.tick().final:
-                view.update()
-                time.sleep(tick_s)
+            if managed is None:
+                while not readiness.tick().final:
+                    view.update()
+                    time.sleep(tick_s)
+            else:
+                # The ManagedRun's thread ticks the run; this one only draws.
+                while not managed.finished:
+                    managed.wait(tick_s)
+                    view.update()
     finally:
+        if server is not None:
+            server.stop()
         if not readiness.status.final:
             # Interrupted: the load stops, the journal stays for ``--resume``.
             source.stop()
+    if managed is not None and managed.error:
+        raise InfrastructureError(f"the run failed: {managed.error}")
     return readiness.verdict or verdict_module.load(run_dir)
 
 

@@ -6,7 +6,11 @@ was stopped or aborted, 4 when it failed (no agent finished), 3 for a bad plan.
 
 A readiness plan (one that declares ``gates:``), or ``--resume`` of a readiness run, goes
 through the whole readiness procedure instead (readiness_run): verdict.json, report.md,
-junit.xml and report.html, with ``loadgate gate check``'s exit status.
+junit.xml and report.html, with ``loadgate gate check``'s exit status.  ``--serve ADDR``
+serves the Controller gRPC service for it while it runs (``loadgate watch ADDR``,
+``loadgate approve/abort RUN --controller ADDR``); its first stdout line is
+``listening on HOST:PORT``.  ``--token-file`` or ``--tls-dir`` then guard it as they guard
+``loadgate controller serve``, and beyond loopback one of them (or ``--insecure``) is required.
 """
 import asyncio
 import os
@@ -18,6 +22,7 @@ from dataclasses import replace
 import grpc
 
 from loadgate.controller import readiness_run
+from loadgate.controller.certs import grpc_channel_credentials, read_token
 from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
 from loadgate.controller.report_html import write_report_html
 from loadgate.controller.rundir import RunDir
@@ -26,6 +31,7 @@ from loadgate.controller.runner_resume import resume_run
 from loadgate.controller.runner_session import RunStatus
 from loadgate.controller.runner_spec import DEFAULT_DEAD_MAN_S, RunDefinition
 from loadgate.controller.runner_summary import render_summary
+from loadgate.controller.service_server import check_exposure, serve_run
 from loadgate.native.errors import ConfigError
 
 LOCAL_AGENTS_FILE = "local-agents.json"
@@ -47,7 +53,18 @@ def register(subparsers):
                         help="agents stop load after this long without the controller "
                              f"(default {DEFAULT_DEAD_MAN_S:g}; an agent may enforce less)")
     parser.add_argument("--no-progress", action="store_true", help="no live table")
-    parser.add_argument("--token-file", help="send 'authorization: Bearer <token>' to agents")
+    parser.add_argument("--serve", metavar="ADDR",
+                        help="serve the Controller gRPC service for this readiness run on "
+                             "HOST:PORT while it runs (port 0 picks one)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="let --serve listen beyond loopback without a token or TLS")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--token-file",
+                          help="send 'authorization: Bearer <token>' to agents; --serve "
+                               "requires it from callers")
+    security.add_argument("--tls-dir",
+                          help="`loadgate certs init` directory: mutual TLS to agents and "
+                               "for --serve")
     parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
     parser.add_argument("--tls-key", help="client private key (PEM)")
     parser.add_argument("--tls-ca", help="CA (PEM) that signs the agents' certificates")
@@ -57,11 +74,27 @@ def register(subparsers):
 def run_command(args):
     if not args.plan and not args.resume:
         raise ConfigError("give a PLAN, or --resume DIR")
-    credentials, metadata = _security(args)
+    if args.serve:
+        check_exposure(args.serve, secured=bool(args.token_file or args.tls_dir),
+                       insecure=args.insecure, option="--serve")
+    token = read_token(args.token_file) if args.token_file else None
+    credentials, metadata = _security(args, token)
     if readiness_run.wants_readiness(args):
         agents = _agent_list(args.agents) if args.agents else None
-        return readiness_run.run_command(args, agents, credentials, metadata)
+        return readiness_run.run_command(args, agents, credentials, metadata,
+                                         _serving(args, token) if args.serve else None)
+    if args.serve:
+        raise ConfigError("--serve serves a readiness run (a plan with gates:), and this is a "
+                          "plain load run")
     return asyncio.run(_main(args, credentials, metadata))
+
+
+def _serving(args, token):
+    def serve(managed):
+        server = serve_run(managed, args.serve, token=token, tls_dir=args.tls_dir)
+        print(f"listening on {server.address}", flush=True)
+        return server
+    return serve
 
 
 async def _main(args, credentials, metadata):
@@ -140,10 +173,14 @@ def _agent_list(text):
     return agents
 
 
-def _security(args):
+def _security(args, token):
     tls = (args.tls_cert, args.tls_key, args.tls_ca)
     credentials = None
-    if any(tls):
+    if args.tls_dir:
+        if any(tls):
+            raise ConfigError("give --tls-dir or --tls-cert/--tls-key/--tls-ca, not both")
+        credentials = grpc_channel_credentials(args.tls_dir)
+    elif any(tls):
         if not all(tls):
             raise ConfigError("mutual TLS needs all of --tls-cert, --tls-key and --tls-ca")
         contents = []
@@ -154,14 +191,5 @@ def _security(args):
             except OSError as exc:
                 raise ConfigError(f"cannot read {path}: {exc}") from None
         credentials = grpc.ssl_channel_credentials(*contents)
-    metadata = ()
-    if args.token_file:
-        try:
-            with open(args.token_file) as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --token-file: {exc}") from None
-        if not token:
-            raise ConfigError(f"--token-file {args.token_file} is empty")
-        metadata = (("authorization", f"Bearer {token}"),)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     return credentials, metadata

@@ -19,8 +19,10 @@ drive::
   out, in index order: ``index``, ``start_ns``/``end_ns`` (controller clock), ``intended``,
   ``sent``, ``targets`` (name -> TargetTotals: a Histogram per Metric, outcomes, sent, late,
   bytes_read), ``agents``/``missing``/``discarded``/``saturated`` (agent ids), ``telemetry``
-  ((agent id, TelemetrySample) pairs), ``cpu_seconds``, ``max_lag_us``, and ``correction``
-  (late data for an interval already handed out: add it to that one).
+  ((agent id, TelemetrySample) pairs), ``cpu_seconds``, ``max_lag_us``, ``health`` (agent id
+  -> the GeneratorHealth it reported, every agent of the run in agent order, empty for one
+  that sent nothing), and ``correction`` (late data for an interval already handed out: add
+  it to that one).
 - ``adjust(rate_scale, weights)``: ``rate_scale`` multiplies the plan's schedule from now on
   (absolute, not cumulative); ``weights`` replaces the named targets' traffic shares.
 - ``stop(reason)``: agents stop; the run ends once their final reports are in.
@@ -57,6 +59,7 @@ from loadgate.controller.runner_spec import RunDefinition
 from loadgate.controller.runner_summary import build_summary
 from loadgate.controller.rundir import RunDir
 from loadgate.native.errors import ConfigError, InfrastructureError
+from loadgate.proto.loadgate.v1 import common_pb2
 
 log = logging.getLogger("loadgate.controller")
 
@@ -335,6 +338,9 @@ class DistributedRun(RunEndMixin, AgentLossMixin):
             else:
                 self.span_start_ns = min(self.span_start_ns or merged.start_ns, merged.start_ns)
                 self.span_end_ns = max(self.span_end_ns, merged.end_ns)
+            silent = common_pb2.GeneratorHealth()
+            merged.health = {s.agent_id: merged.health.get(s.agent_id, silent)
+                             for s in self.sessions}
             if self.write_error is None:
                 try:
                     self.run_dir.write_interval(merged)

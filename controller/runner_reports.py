@@ -83,6 +83,7 @@ class AgentInterval:
     max_lag_us: int
     open_connections: int
     saturated: bool
+    health: object  # the GeneratorHealth the agent reported, every field of it
     telemetry: list  # TelemetrySample messages
     final: bool
     scheduled_total: int
@@ -138,7 +139,7 @@ class AgentStream:
             intended=report.intended, sent=report.sent, targets=targets,
             cpu_seconds=health.cpu_seconds, max_lag_us=health.max_lag_us,
             open_connections=health.open_connections, saturated=health.saturated,
-            telemetry=list(report.telemetry), final=report.final,
+            health=health, telemetry=list(report.telemetry), final=report.final,
             scheduled_total=report.scheduled_total)
 
     def _check_target(self, target, shares):

@@ -14,7 +14,6 @@ load of running runs (their journals stay for the next controller) and end the s
 certificate and dials agents with it.  Listening beyond loopback needs one of them, or
 ``--insecure``.
 """
-import ipaddress
 import logging
 import signal
 import sys
@@ -22,9 +21,8 @@ import threading
 
 from loadgate.controller.certs import grpc_channel_credentials, read_token
 from loadgate.controller.service import ControllerService
-from loadgate.controller.service_server import start_server
+from loadgate.controller.service_server import check_exposure, start_server
 from loadgate.controller.service_runs import AgentSources
-from loadgate.native.errors import ConfigError
 
 
 def register(subparsers):
@@ -54,10 +52,9 @@ def register(subparsers):
 
 
 def serve_command(args):
+    check_exposure(args.listen, secured=bool(args.token_file or args.tls_dir),
+                   insecure=args.insecure)
     host = args.listen.rpartition(":")[0].strip("[]")
-    if not (args.token_file or args.tls_dir or args.insecure or _loopback(host)):
-        raise ConfigError(f"--listen {args.listen} is reachable from other hosts: give "
-                          "--token-file or --tls-dir (or --insecure if you accept that)")
     token = read_token(args.token_file) if args.token_file else None
     credentials = grpc_channel_credentials(args.tls_dir) if args.tls_dir else None
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -91,11 +88,3 @@ def serve_command(args):
     print("controller stopped", file=sys.stderr)
     return 0
 
-
-def _loopback(host):
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

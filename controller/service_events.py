@@ -161,6 +161,7 @@ def interval_stats(merged, weights, phase):
         generator=common_pb2.GeneratorHealth(
             cpu_seconds=merged.cpu_seconds, max_lag_us=merged.max_lag_us,
             open_connections=merged.open_connections, saturated=bool(merged.saturated)),
+        agents=merged.health.values(),
         saturated_agents=list(merged.saturated), missing_agents=list(merged.missing),
         correction=merged.correction)
     for name, totals in merged.targets.items():

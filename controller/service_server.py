@@ -17,6 +17,7 @@ certificate from the same CA.
 """
 import concurrent.futures
 import hmac
+import ipaddress
 import os
 
 import grpc
@@ -117,6 +118,24 @@ def start_server(service, listen, *, token=None, tls_dir=None, max_workers=None)
     if host in ("0.0.0.0", "[::]"):
         host = "127.0.0.1"
     return ControllerServer(server, port, f"{host}:{port}", service, health_servicer)
+
+
+def check_exposure(listen, *, secured, insecure=False, option="--listen"):
+    """Refuses (ConfigError) to serve on ``listen`` when other hosts can reach it and callers
+    need no credentials (``secured``: a token or TLS), unless ``insecure`` accepts that."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if not (secured or insecure or _loopback(host)):
+        raise ConfigError(f"{option} {listen} is reachable from other hosts: give "
+                          "--token-file or --tls-dir (or --insecure if you accept that)")
+
+
+def _loopback(host):
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve_run(managed, listen="127.0.0.1:0", *, runs_dir=None, token=None, tls_dir=None):

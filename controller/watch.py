@@ -73,6 +73,7 @@ class WatchState:
         self.gpus = []
         self.gpu_unavailable = ""
         self.generator = None
+        self.agents = ()  # GeneratorHealth of each agent, in agent order
         self.saturated = ()
         self.skipped = 0
         self.finished = False
@@ -110,6 +111,7 @@ class WatchState:
             series.requests += target.count
             series.errors += errors
         self.generator = interval.generator
+        self.agents = tuple(interval.agents)
         self.saturated = tuple(interval.saturated_agents)
         if interval.telemetry:
             self.gpus = [(agent, gpu) for agent, sample in enumerate(interval.telemetry)
@@ -230,6 +232,10 @@ def _hardware(state):
         table.add_row("generator", f"cpu {g.cpu_seconds:.2f} s  max lag {g.max_lag_us / 1000:.1f} "
                       f"ms  connections {g.open_connections}"
                       + (f"  SATURATED: {', '.join(state.saturated)}" if g.saturated else ""))
+    for agent, health in enumerate(state.agents):
+        table.add_row(f"agent {agent}", f"cpu {health.cpu_percent:.0f}% of {health.workers} "
+                      f"worker(s)  max lag {health.max_lag_us / 1000:.1f} ms  connections "
+                      f"{health.open_connections}" + ("  SATURATED" if health.saturated else ""))
     for agent, gpu in state.gpus:
         used = gpu.memory_used_bytes / 2**30
         total = gpu.memory_total_bytes / 2**30

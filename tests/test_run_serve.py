@@ -1,0 +1,119 @@
+"""``loadgate run --serve``: the run's Controller service, watched while the run lasts.
+
+Real parts only: a ``loadgate target`` process, ``loadgate run`` as a process that starts two
+local agents itself, and the Controller client of ``loadgate watch`` on loopback.
+"""
+import io
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from rich.console import Console
+
+from loadgate.controller import cli, gate_cli
+from loadgate.controller.service_client import ControllerClient
+from loadgate.controller.watch import WatchState, render
+from loadgate.native.target import (parse_listening, read_first_line, start_target_process,
+                                    stop_target_process)
+from loadgate.proto.loadgate.v1 import controller_pb2
+from test_service_support import RUN_TIMEOUT_S, plan_text
+
+CLI = [sys.executable, "-m", "loadgate.controller.cli"]
+AGENTS = 2
+
+
+@pytest.fixture(scope="module")
+def target():
+    process, host, port = start_target_process(["--latency", "lognormal:4ms:0.3"])
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        stop_target_process(process)
+
+
+def write_plan(tmp_path, url):
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan_text(url, url, extra=f"local_agents: {AGENTS}\n"))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_served_run_streams_each_agents_health_and_closes_its_port_at_the_end(
+        target, tmp_path):
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "stderr", "wb") as stderr:
+        process = subprocess.Popen(
+            CLI + ["run", write_plan(tmp_path, target), "--serve", "127.0.0.1:0",
+                   "--workers", "1", "--no-progress", "--run-dir", str(run_dir)],
+            stdout=subprocess.PIPE, stderr=stderr)
+    try:
+        line = read_first_line(process, RUN_TIMEOUT_S)
+        listening = parse_listening(line)
+        assert listening, f"no 'listening on' line: {line!r}, " \
+                          f"stderr: {(tmp_path / 'stderr').read_text()}"
+        address = f"{listening[0]}:{listening[1]}"
+        with ControllerClient(address) as client:
+            events = list(client.stub.WatchRun(controller_pb2.WatchRunRequest(),
+                                               timeout=RUN_TIMEOUT_S))
+        code = process.wait(RUN_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    assert events[0].snapshot.run_id == "run"
+    assert events[-1].WhichOneof("event") == "finished" and events[-1].finished.verdict
+    assert code == int(gate_cli.check(str(run_dir))[0])
+    intervals = [e.interval for e in events if e.WhichOneof("event") == "interval"]
+    assert intervals, "no interval reached the watcher"
+    assert all(len(i.agents) == AGENTS for i in intervals)
+    complete = [i for i in intervals if not i.missing_agents and not i.correction]
+    assert complete, "every interval missed an agent"
+    for interval in complete:
+        # Each agent runs the one worker it was given, and says so in its own entry.
+        assert [agent.workers for agent in interval.agents] == [1] * AGENTS
+        assert sum(a.cpu_seconds for a in interval.agents) == pytest.approx(
+            interval.generator.cpu_seconds)
+        assert sum(a.open_connections for a in interval.agents) == \
+            interval.generator.open_connections
+    state = WatchState()
+    for event in events:
+        if event.WhichOneof("event") != "interval" or event.interval in complete:
+            state.apply(event)
+    drawn = io.StringIO()
+    Console(file=drawn, width=160).print(render(state))
+    assert all(f"agent {n}" in drawn.getvalue() for n in range(AGENTS))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(listening, timeout=5).close()
+
+
+def test_serving_beyond_loopback_without_credentials_is_refused_before_any_load(
+        target, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = cli.main(["run", write_plan(tmp_path, target), "--serve", "0.0.0.0:0",
+                     "--run-dir", str(run_dir)])
+    assert code == 3
+    assert "--serve 0.0.0.0:0 is reachable from other hosts: give --token-file or " \
+           "--tls-dir" in capsys.readouterr().err
+    assert not os.path.exists(run_dir)
+
+
+def test_a_plain_load_run_has_nothing_to_serve(target, tmp_path, capsys):
+    plan = tmp_path / "plain.yaml"
+    plan.write_text(textwrap.dedent(f"""\
+        apiVersion: loadgate/v1
+        deployment: {{id: PLAIN, type: FEATURE, risk: LOW, environment: DEV,
+                     strategy: BIG-BANG}}
+        targets:
+          - {{name: main, url: "{target}"}}
+        load: {{rate: 100, duration: 1s}}
+        downtime_window: {{start: '2025-01-01T00:00:00+00:00', end: '2025-01-01T01:00:00+00:00'}}
+        """))
+    run_dir = tmp_path / "run"
+    code = cli.main(["run", str(plan), "--serve", "127.0.0.1:0", "--run-dir", str(run_dir)])
+    assert code == 3
+    assert "--serve serves a readiness run" in capsys.readouterr().err
+    assert not os.path.exists(run_dir)
