@@ -165,7 +165,9 @@ cdef class Connection:
         if self.engine.harvest_fd >= 0 and self.target.ssl_context is None:
             fd = transport.get_extra_info("socket").fileno()
             if lg_harvest_watch(self.engine.harvest_fd, fd) == 0:
-                transport.pause_reading()
+                # uvloop starts reading once connection_made returns, so pausing here would
+                # be undone; until the pause runs, what uvloop reads takes the usual path.
+                self.engine.loop.call_soon(transport.pause_reading)
                 self.fd = fd
                 self.engine.harvested[fd] = self
             else:
