@@ -43,12 +43,14 @@ cdef class TargetState:
     """One target as a worker sees it: its pool, queue, histograms and counters."""
 
     def __init__(self, str name, str host, int port, ssl_context, list requests,
-                 Py_ssize_t max_connections, double weight):
+                 Py_ssize_t max_connections, double weight, server_hostname=None):
         self.name = name
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.server_hostname = host if ssl_context is not None else None
+        # ``host`` may be an address pinned after an allowlist check; TLS still verifies the
+        # name the URL gave.
+        self.server_hostname = (server_hostname or host) if ssl_context is not None else None
         self.requests = requests
         self.next_request = 0
         self.idle = []

@@ -18,6 +18,7 @@ Requests are sent in file order, one per request, wrapping around at the end.
 import base64
 import dataclasses
 import enum
+import ipaddress
 import math
 import urllib.parse
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ class RequestTemplate:
 @dataclass
 class TargetSpec:
     """One target.  ``weight`` is its share of the traffic (relative to the others);
-    ``tls_verify=False`` accepts any certificate; ``ca_file`` adds a trusted CA."""
+    ``tls_verify=False`` accepts any certificate; ``ca_file`` adds a trusted CA.  ``address``,
+    when set, is the IP address connections go to instead of resolving the URL's host again
+    (an agent pins the address its allowlist checked); Host and TLS still use the URL's name."""
 
     name: str
     url: str
@@ -102,6 +105,7 @@ class TargetSpec:
     request: RequestTemplate = field(default_factory=RequestTemplate)
     tls_verify: bool = True
     ca_file: str | None = None
+    address: str | None = None
 
     def __post_init__(self):
         parsed = urllib.parse.urlsplit(self.url)
@@ -114,6 +118,12 @@ class TargetSpec:
             raise ConfigError(f"target {self.name!r}: URL has no host: {self.url!r}")
         self.host = parsed.hostname
         self.url_path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+        if self.address is not None:
+            try:
+                self.address = str(ipaddress.ip_address(self.address))
+            except ValueError:
+                raise ConfigError(f"target {self.name!r}: address {self.address!r} is not an "
+                                  f"IP address") from None
         self.weight = float(self.weight)
         if not math.isfinite(self.weight) or self.weight < 0:
             raise ConfigError(f"target {self.name!r}: weight must be >= 0, got {self.weight}")
@@ -121,14 +131,15 @@ class TargetSpec:
     def to_dict(self):
         return {"name": self.name, "url": self.url, "weight": self.weight,
                 "request": self.request.to_dict(), "tls_verify": self.tls_verify,
-                "ca_file": self.ca_file}
+                "ca_file": self.ca_file, "address": self.address}
 
     @classmethod
     def from_dict(cls, d):
         try:
             return cls(name=d["name"], url=d["url"], weight=d.get("weight", 1.0),
                        request=RequestTemplate.from_dict(d.get("request", {})),
-                       tls_verify=d.get("tls_verify", True), ca_file=d.get("ca_file"))
+                       tls_verify=d.get("tls_verify", True), ca_file=d.get("ca_file"),
+                       address=d.get("address"))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"not a target: {d!r} ({exc})") from None
 

@@ -65,8 +65,9 @@ class Worker:
         self.max_connections = worker_share(config.max_connections, count)
         if not self.schedule.is_open_loop:
             self.connections = self.max_connections = max(1, self.schedule.concurrency)
-        self.targets = [TargetState(spec.name, spec.host, spec.port, _ssl_context(spec),
-                                    build_requests(spec), self.max_connections, spec.weight)
+        self.targets = [TargetState(spec.name, spec.address or spec.host, spec.port,
+                                    _ssl_context(spec), build_requests(spec),
+                                    self.max_connections, spec.weight, server_hostname=spec.host)
                         for spec in config.targets]
         self.engine = WorkerEngine(self.loop, self.targets, self.schedule, config.timeout_s,
                                    config.pacing_window_s)

@@ -6,8 +6,10 @@ import pytest
 
 from loadgate.native._engine import monotonic_ns
 from loadgate.native._hdr import Histogram
-from loadgate.native.engine import LoadRun, RequestTemplate, run_once
+from loadgate.native.engine import (EngineConfig, LoadRun, RequestTemplate, TargetSpec,
+                                    run_once)
 from loadgate.native.engine_snapshot import IntervalSnapshot
+from loadgate.native.errors import ConfigError
 from loadgate.native.outcomes import Outcome
 from loadgate.native.schedule import ClosedLoop, ConstantRate, Poisson
 
@@ -330,3 +332,19 @@ def test_a_request_larger_than_the_socket_buffer_arrives_whole_and_in_order():
         seen = [(method, path, len(got), got == body) for method, path, got in server.requests]
     assert outcome_counts(result.totals.combined()) == {Outcome.OK_2XX: 4}
     assert seen == [("POST", "/big", len(body), True)] * 4
+
+
+def test_a_pinned_address_is_where_connections_go_while_the_name_stays_in_the_request():
+    # ".invalid" never resolves: the run can only reach the server through the pinned address.
+    with RecordingServer() as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        spec = TargetSpec("t", f"http://pinned.invalid:{port}/p", address="127.0.0.1")
+        result = run_once(EngineConfig([spec], ConstantRate(50, 0.2), connections=1), workers=1)
+        seen = list(server.requests)
+    assert outcome_counts(result.totals.combined()) == {Outcome.OK_2XX: 10}
+    assert seen == [("GET", "/p", b"")] * 10
+
+
+def test_an_address_that_is_not_an_ip_is_refused():
+    with pytest.raises(ConfigError, match="not an IP address"):
+        TargetSpec("t", "http://example.test/", address="example.test")
