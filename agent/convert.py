@@ -77,10 +77,11 @@ def _rotate_file(target, directory):
     return path, ("requests" if raw else "bodies")
 
 
-def engine_config(spec, schedule, scratch_dir=None):
+def engine_config(spec, schedule, scratch_dir=None, addresses=None):
     """An EngineConfig for a RunSpec whose schedule is already built; rotation items are
     written under ``scratch_dir`` (needed only when a target has them; it must outlive the
-    run)."""
+    run).  ``addresses`` maps a target's name to the IP address its connections are pinned
+    to (the one the allowlist checked); a target not in it resolves its host itself."""
     if not spec.targets:
         raise ConfigError("a run needs at least one target")
     names = [t.name for t in spec.targets]
@@ -102,7 +103,8 @@ def engine_config(spec, schedule, scratch_dir=None):
             headers=tuple((h.name, h.value) for h in template.headers), body=template.body,
             **rotate)
         targets.append(TargetSpec(name=target.name, url=target.url,
-                                  weight=1.0 if even else target.weight, request=request))
+                                  weight=1.0 if even else target.weight, request=request,
+                                  address=(addresses or {}).get(target.name)))
     kwargs = {"connections": spec.connections or 16, "max_connections": spec.max_connections or 1024,
               "timeout_s": spec.timeout_s or 10.0, "interval_s": spec.interval_s or 1.0}
     for name, value in kwargs.items():

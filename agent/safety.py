@@ -68,7 +68,11 @@ def _port(text, value):
 
 class Allowlist:
     """The targets an agent may send to.  A URL is allowed when its host name is listed, or
-    when every address it resolves to lies in a listed network (with a matching port)."""
+    when every address it resolves to lies in a listed network (with a matching port).
+
+    A URL admitted by network is checked against one DNS answer; the agent pins its load to
+    the first of those addresses, so a later answer (DNS rebinding) cannot redirect it.  A
+    listed host name is trusted by name and not pinned."""
 
     def __init__(self, entries=None):
         self.entries = tuple(parse_allow_entry(e) for e in (entries or LOOPBACK))
@@ -77,8 +81,9 @@ class Allowlist:
         return (entry.text for entry in self.entries)
 
     def check_url(self, url, resolve=socket.getaddrinfo):
-        """Raises NotAllowed (or ConfigError for a malformed URL) unless ``url`` is allowed.
-        May block on DNS: call it off the event loop."""
+        """The addresses ``url`` was admitted for, in resolver order, or None when its host
+        name is listed; raises NotAllowed (or ConfigError for a malformed URL) unless it is
+        allowed.  May block on DNS: call it off the event loop."""
         try:
             parts = urllib.parse.urlsplit(url)
         except ValueError as exc:  # an unclosed IPv6 bracket, for one
@@ -92,7 +97,7 @@ class Allowlist:
         host = parts.hostname.lower()
         entries = [e for e in self.entries if e.admits_port(port)]
         if any(e.network is None and e.host == host for e in entries):
-            return
+            return None
         networks = [e.network for e in entries if e.network is not None]
         addresses = self._addresses(host, port, resolve)
         outside = [a for a in addresses if not any(a in n for n in networks)]
@@ -100,18 +105,21 @@ class Allowlist:
             shown = ", ".join(str(a) for a in outside) or "no address"
             raise NotAllowed(f"target {url} ({shown}) is outside this agent's allowlist "
                              f"[{', '.join(self)}]")
+        return addresses
 
     @staticmethod
     def _addresses(host, port, resolve):
         try:
-            return [ipaddress.ip_address(host)]
+            return (ipaddress.ip_address(host),)
         except ValueError:
             pass
         try:
             infos = resolve(host, port, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError):
-            return []
-        return sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
+            return ()
+        # Resolver order is the order a client would try; a link-local address keeps its
+        # scope (fe80::1%eth0) because the pinned address is where connections go.
+        return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
 def is_loopback_listen(address):

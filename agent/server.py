@@ -183,8 +183,12 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             await context.abort(grpc.StatusCode.ABORTED, "another Prepare won the race")
         self.runs[request.run_id] = run
         self._forget_old_runs()
-        log.info("run %s: prepared (%d requests on %d workers)", run.run_id,
-                 run.shard_requests, run.workers)
+        # Where the load goes, as the engine will connect: pinned addresses, or names the
+        # operator listed (resolved by the engine).
+        destinations = ", ".join(f"{t.name} -> {t.address or t.host}"
+                                 for t in run.load_run.config.targets)
+        log.info("run %s: prepared (%d requests on %d workers; %s)", run.run_id,
+                 run.shard_requests, run.workers, destinations)
         return agent_pb2.PrepareReply(run_id=run.run_id, workers=run.workers,
                                       shard_rate=peak_rate(request.spec.schedule),
                                       shard_requests=run.shard_requests)
@@ -192,8 +196,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     def _prepare(self, request):
         # Runs on an executor thread: DNS for the allowlist and the engine's set-up may block.
         spec = request.spec
+        addresses = {}
         for target in spec.targets:
-            self.options.allowlist.check_url(target.url)
+            checked = self.options.allowlist.check_url(target.url)
+            if checked is not None:
+                addresses[target.name] = str(checked[0])
         self._check_rate(peak_rate(spec.schedule))
         workers = min(spec.workers or self.workers, self.workers)  # never more than its own
         schedule = schedule_of(spec.schedule)
@@ -202,7 +209,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         if any(t.request.rotate for t in spec.targets):
             scratch_dir = tempfile.mkdtemp(prefix="loadgate-agent-")
         try:
-            config = engine_config(spec, schedule, scratch_dir)
+            config = engine_config(spec, schedule, scratch_dir, addresses)
             self._check_connections(config, schedule, workers)
             load_run = LoadRun(config, workers=workers)
         except BaseException:

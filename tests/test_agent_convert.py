@@ -122,3 +122,14 @@ def test_an_idle_generator_is_not_saturated():
 def test_every_engine_outcome_has_its_wire_twin():
     for outcome in Outcome:
         assert common_pb2.Outcome.Value("OUTCOME_" + outcome.name)
+
+
+def test_checked_addresses_pin_their_targets_and_the_rest_resolve_by_name(tmp_path):
+    targets = [agent_pb2.TargetSpec(name="checked", url="http://localhost:9/"),
+               agent_pb2.TargetSpec(name="listed", url="http://api.internal:9/")]
+    spec = run_spec("", 10, 1.0, targets=targets)
+    config = engine_config(spec, schedule_of(spec.schedule), str(tmp_path),
+                           {"checked": "127.0.0.1"})
+    assert [(t.host, t.address) for t in config.targets] == \
+        [("localhost", "127.0.0.1"), ("api.internal", None)]
+    assert engine_config(spec, schedule_of(spec.schedule)).targets[0].address is None

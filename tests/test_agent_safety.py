@@ -2,11 +2,13 @@
 rates and connections over its caps.  Real agent subprocesses, real gRPC on loopback."""
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -16,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent_helpers import AGENT_COMMAND, run_spec, start_agent
+from agent_helpers import AGENT_COMMAND, run_spec, start_agent, stream_reports
 from loadgate.agent.safety import Allowlist, NotAllowed, is_loopback_listen, parse_allow_entry
 from loadgate.agent.server import MAX_CONCURRENT_RPCS
 from loadgate.native.errors import ConfigError, InfrastructureError
+from loadgate.native.target import start_target_process, stop_target_process
 from loadgate.proto.loadgate.v1 import agent_pb2, common_pb2
 
 # Documentation addresses (RFC 5737): never routed, and never contacted by these tests
@@ -54,6 +57,44 @@ def test_hostnames_must_resolve_entirely_inside_the_allowlist():
         allow.check_url("http://mixed.test/", resolve=resolve(["127.0.0.1", "192.0.2.7"]))
     with pytest.raises(NotAllowed, match="no address"):
         allow.check_url("http://nowhere.test/", resolve=resolve([]))
+
+
+def _answers(*answers):
+    """A resolver whose answer changes with each call, as a rebinding DNS server's does."""
+    remaining = list(answers)
+
+    def resolve(host, port, proto=0):
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port)) for a in remaining.pop(0)]
+    return resolve
+
+
+def test_the_check_returns_the_answer_it_admitted_and_a_rebound_answer_is_refused():
+    allow = Allowlist(["127.0.0.0/8:8080"])
+    resolve = _answers(["127.0.0.9", "127.0.0.1", "127.0.0.9"], ["192.0.2.7"])
+    checked = allow.check_url("http://rebind.test:8080/", resolve=resolve)
+    # resolver order, without repeats: the first is what the agent pins
+    assert checked == (ipaddress.ip_address("127.0.0.9"), ipaddress.ip_address("127.0.0.1"))
+    with pytest.raises(NotAllowed, match="192.0.2.7"):
+        allow.check_url("http://rebind.test:8080/", resolve=resolve)
+
+
+def test_what_the_check_admits_by():
+    allow = Allowlist(["127.0.0.0/8", "api.internal"])
+    # a listed name is trusted by name: nothing resolved, nothing to pin
+    assert allow.check_url("http://API.internal/", resolve=_no_dns) is None
+    assert allow.check_url("http://127.0.0.5:81/", resolve=_no_dns) == \
+        (ipaddress.ip_address("127.0.0.5"),)
+    # every address must be allowed even though only the first is pinned
+    with pytest.raises(NotAllowed, match="::1"):
+        allow.check_url("http://localhost/", resolve=_answers(["::1", "127.0.0.1"]))
+    both = Allowlist(["127.0.0.0/8", "::1"])
+    assert both.check_url("http://localhost/", resolve=_answers(["::1", "127.0.0.1"]))[0] == \
+        ipaddress.ip_address("::1")
+    # a link-local address keeps its scope: without it the pinned address could not be reached
+    link = Allowlist(["fe80::/10"]).check_url("http://router.test/",
+                                              resolve=_answers(["fe80::1%eth0"]))
+    assert [str(a) for a in link] == ["fe80::1%eth0"]
 
 
 def test_entries_with_ports_cidrs_and_names():
@@ -433,6 +474,40 @@ def test_allow_flags_replace_the_default():
             # prepared, never started: nothing is sent anywhere
             assert _prepare(agent, run_id, run_spec(url, 10, 1.0)).shard_requests == 10
             stub.Stop(agent_pb2.StopRequest(run_id=run_id), timeout=30)
+
+
+def test_an_agent_pins_its_load_to_the_address_its_allowlist_checked(tmp_path):
+    resolved = [info[4][0] for info in socket.getaddrinfo("localhost", 80,
+                                                          proto=socket.IPPROTO_TCP)]
+    if set(resolved) != {"127.0.0.1"}:
+        # The rule refuses a name with any address off the allowlist (::1 here); the
+        # resolver-injected checks above cover it.
+        pytest.skip(f"localhost resolves to {resolved} on this machine, not 127.0.0.1 alone")
+    proc, host, port = start_target_process()
+    log_path = tmp_path / "agent.log"
+    try:
+        with open(log_path, "w") as log, \
+                start_agent(["--allow", f"127.0.0.0/8:{port}", "--workers", "1",
+                             "--dead-man", "60s"], stderr=log) as agent:
+            stub = agent.stub()
+            spec = run_spec(f"http://localhost:{port}/", 50, 0.4, interval_s=0.2)
+            _prepare(agent, "pinned", spec)
+            stub.Start(agent_pb2.StartRequest(run_id="pinned"), timeout=30)
+            reports = stream_reports(stub, "pinned")
+        with urllib.request.urlopen(f"http://{host}:{port}/__target/stats",
+                                    timeout=10) as response:
+            served = json.loads(response.read())["requests"]
+    finally:
+        stop_target_process(proc)
+    outcomes = {}
+    for report in reports:
+        for target in report.targets:
+            for outcome in target.outcomes:
+                outcomes[outcome.outcome] = outcomes.get(outcome.outcome, 0) + outcome.count
+    assert outcomes == {common_pb2.OUTCOME_OK_2XX: 20}
+    assert served == 21  # the run's requests and the stats request
+    assert "run pinned: prepared (20 requests on 1 workers; main -> 127.0.0.1)" in \
+        log_path.read_text()
 
 
 def test_malformed_allow_flag_refuses_to_start():
