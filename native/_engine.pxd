@@ -58,6 +58,10 @@ cdef class Connection:
     cdef bint queued
     # The general parser holds part of a response: later bytes must go to it too.
     cdef bint mid_message
+    # The request in flight is HEAD: its response ends at the headers.  head_status is set
+    # (with head_keep_alive) once they are read, until the request completes.
+    cdef bint head, head_keep_alive
+    cdef int head_status
     # The socket while its answers are harvested (lg_harvest.h), else -1.
     cdef int fd
     cdef int64_t intended, sent_at

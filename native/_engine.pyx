@@ -32,7 +32,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.errno cimport EAGAIN, EINTR
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from loadgate.native._hdr cimport Histogram
 
@@ -232,7 +232,7 @@ cdef class WorkerEngine:
                     # A stepped wall clock would put the arrival in the future or far past.
                     if not now - HARVEST_MAX_AGE_NS <= arrived <= now:
                         arrived = now
-                    if conn.busy and not conn.mid_message:
+                    if conn.busy and not conn.mid_message and not conn.head:
                         status = lg_http_whole_response(self.recv_buffer, received, &keep_alive)
                         if status >= 0:
                             conn.target.bytes_read += received

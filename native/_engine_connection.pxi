@@ -104,6 +104,8 @@ cdef class Connection:
         self.closed = False
         self.queued = False
         self.mid_message = False
+        self.head = False
+        self.head_status = 0
         self.fd = -1
 
     cdef void send(self, int64_t intended, int64_t now) except *:
@@ -114,7 +116,9 @@ cdef class Connection:
         self.engine.busy.add(self)
         target.sent += 1
         target.schedule_lag.record_nogil(micros(now - intended))
-        self.write(target.next_request_bytes())
+        request = target.next_request_bytes()
+        self.head = len(request) > 5 and memcmp(<const char*> request, b"HEAD ", 5) == 0
+        self.write(request)
 
     cdef void write(self, bytes request) except *:
         cdef Py_ssize_t sent
@@ -198,20 +202,39 @@ cdef class Connection:
             if self.busy:
                 self.end_request(LG_PARSE_ERROR, lg_pacer_now_ns())
             self.abort()
+            return
+        if self.head_status:
+            # The parser still waits for the body the headers announced; a fresh one reads
+            # the next response, and a body the server sent anyway is an error there.
+            self.parser = httptools.HttpResponseParser(self)
+            self.mid_message = False
+            self.complete(self.head_status, self.head_keep_alive, rx_ns)
 
     def on_message_begin(self):
         self.mid_message = True
 
+    def on_headers_complete(self):
+        cdef int status
+        if self.head:
+            status = self.parser.get_status_code()
+            if status >= 200:
+                # A response to HEAD ends with its headers whatever Content-Length says; the
+                # request completes once the parser returns (see received).
+                self.head_status = status
+                self.head_keep_alive = self.parser.should_keep_alive()
+
     def on_message_complete(self):
         cdef int status = self.parser.get_status_code()
         self.mid_message = False
-        if status >= 200:
+        if status >= 200 and not self.head:
             self.complete(status, self.parser.should_keep_alive(), self.engine.rx_ns)
 
     cdef void complete(self, int status, bint keep_alive, int64_t now) except *:
         # Taken before the connection is handed on: a queued request may reuse it at once.
         cdef int64_t intended = self.intended, sent_at = self.sent_at
         self.busy = False
+        self.head = False
+        self.head_status = 0
         self.engine.busy.discard(self)
         self.target.service_time.record_nogil(micros(now - sent_at))
         if keep_alive and not self.closed:

@@ -58,10 +58,6 @@ class RequestTemplate:
         self.method = str(self.method).upper()
         if not self.method.isalpha():
             raise ConfigError(f"not an HTTP method: {self.method!r}")
-        if self.method == "HEAD":
-            # The answer's Content-Length describes a body that never comes; the parser would
-            # wait for it and every request would time out.
-            raise ConfigError("HEAD requests are not supported; use GET")
         self.headers = tuple((str(k), str(v)) for k, v in self.headers)
         for name, value in self.headers:
             if not name or any(c in name + value for c in "\r\n") or ":" in name:

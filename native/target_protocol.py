@@ -154,6 +154,7 @@ class TargetProtocol(asyncio.Protocol):
         self.url = b""
         self.body = []
         self.closed = False
+        self.head = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -198,6 +199,7 @@ class TargetProtocol(asyncio.Protocol):
             if path.startswith(prefix):
                 route = candidate
                 break
+        self.head = self.parser.get_method() == b"HEAD"
         draw = self.rng.random() if route.error_below else 1.0
         if draw < route.reset_below:
             self.stats.outcomes[TargetOutcome.RESET] += 1
@@ -232,6 +234,9 @@ class TargetProtocol(asyncio.Protocol):
         self.fill(slot, data, True, close)
 
     def _answer_later(self, delay, data, close):
+        if self.head:
+            # The headers a GET would get, with no body.
+            data = data[:data.find(b"\r\n\r\n") + 4]
         if delay <= 0 and not self.queue:
             self.transport.write(data)
             if close:

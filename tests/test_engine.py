@@ -348,3 +348,29 @@ def test_a_pinned_address_is_where_connections_go_while_the_name_stays_in_the_re
 def test_an_address_that_is_not_an_ip_is_refused():
     with pytest.raises(ConfigError, match="not an IP address"):
         TargetSpec("t", "http://example.test/", address="example.test")
+
+
+def test_head_responses_end_at_their_headers():
+    # The Content-Length of a response to HEAD announces a body that never comes: the request
+    # completes at the headers and the connection carries the next one.
+    with RecordingServer() as server:
+        spec = {"request": RequestTemplate(method="HEAD")}
+        result = run_once(config(server.url + "/h", ConstantRate(100, 0.2), connections=1,
+                                 max_connections=1, spec=spec, timeout_s=2.0), workers=1)
+        seen = list(server.requests)
+        connections = server.connections
+    assert outcome_counts(result.totals.combined()) == {Outcome.OK_2XX: 20}
+    assert seen == [("HEAD", "/h", b"")] * 20 and connections == 1
+
+
+def test_head_against_the_built_in_target_and_a_rotation_mixing_methods(tmp_path):
+    requests = tmp_path / "requests.txt"
+    requests.write_text("HEAD /a HTTP/1.1\n\n%%\nGET /b HTTP/1.1\n\n%%\nHEAD /c HTTP/1.1\n\n")
+    with target("--latency", "1ms") as url:
+        spec = {"request": RequestTemplate(rotate_file=str(requests), rotate_mode="requests")}
+        result = run_once(config(url + "/", ConstantRate(300, 0.5), connections=2, spec=spec,
+                                 timeout_s=2.0), workers=1)
+        stats = target_stats(url)
+    total = result.totals.combined()
+    assert outcome_counts(total) == {Outcome.OK_2XX: 150}
+    assert stats["connections"] <= 4

@@ -114,7 +114,9 @@ class _Recorder(asyncio.Protocol):
         request = (self.parser.get_method().decode(), self.url.decode(), b"".join(self.body))
         self.body = []
         self.server.requests.append(request)
-        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        # A response to HEAD announces the body a GET would get, and sends none.
+        body = b"" if request[0] == "HEAD" else b"ok"
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body)
 
 
 class RecordingServer:
