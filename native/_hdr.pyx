@@ -26,7 +26,7 @@ DEFAULT_HIGHEST = 3_600_000_000
 DEFAULT_SIGNIFICANT_FIGURES = 3
 
 # Decoding refuses layouts needing more counts than this (64 MiB of address space): every
-# layout 1..5 significant figures can describe fits, a hostile header cannot ask for more.
+# layout 0..5 significant figures can describe fits, a hostile header cannot ask for more.
 MAX_DECODED_COUNTS = 1 << 23
 # Decompressed bytes handed to the count decoder at a time, so a zlib bomb never expands
 # past this before it is found out.
@@ -51,7 +51,7 @@ cdef lg_hdr_histogram* _new_counts(int64_t lowest, int64_t highest, int figures)
     if rc != LG_HDR_OK:
         _raise_for(rc, f"invalid histogram layout: lowest={lowest} highest={highest} "
                        f"significant_figures={figures} (need 1 <= lowest, "
-                       f"2 * lowest <= highest, 1 <= significant_figures <= 5)")
+                       f"2 * lowest <= highest, 0 <= significant_figures <= 5)")
     return h
 
 

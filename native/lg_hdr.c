@@ -45,7 +45,7 @@ static int lg_hdr_layout(int64_t lowest_discernible_value, int64_t highest_track
     int32_t sub_bucket_count_magnitude;
     int64_t counts_len;
 
-    if (lowest_discernible_value < 1 || significant_figures < 1 || significant_figures > 5
+    if (lowest_discernible_value < 1 || significant_figures < 0 || significant_figures > 5
         || highest_trackable_value > INT64_MAX / 2
         || lowest_discernible_value > highest_trackable_value / 2)
     {

@@ -102,7 +102,7 @@ def test_outer_length_beyond_data():
 
 
 @pytest.mark.parametrize("fields", [
-    dict(figures=0), dict(figures=6), dict(figures=0xFFFFFFFF), dict(low=0), dict(low=-5),
+    dict(figures=6), dict(figures=0xFFFFFFFF), dict(low=0), dict(low=-5),
     dict(high=1), dict(high=2**63 - 1), dict(low=2**61, high=2**62 - 1, figures=5),
 ])
 def test_absurd_layouts(fields):

@@ -29,10 +29,11 @@ pytestmark = pytest.mark.skipif(
 START = 1_764_201_600.0  # whole seconds, so the logs' millisecond times are exact
 INTERVALS = 4
 # tag -> (lowest discernible value, highest trackable value, significant figures): every
-# precision from 1 to 5 (HdrHistogram also allows 0, which our layout refuses), and a lowest
-# value above 1 (nanoseconds kept at microsecond resolution).
+# precision from 0 to 5, and a lowest value above 1 (nanoseconds kept at microsecond
+# resolution).
 LAYOUTS = {
     None: (1, 3_600_000_000, 3),
+    "sf0": (1, 3_600_000_000, 0),
     "sf1": (1, 3_600_000_000, 1),
     "sf2": (1, 3_600_000_000, 2),
     "sf4": (1, 3_600_000_000, 4),

@@ -302,7 +302,7 @@ def test_record_array_large_matches_single_records():
     assert bulk == single
 
 
-@pytest.mark.parametrize("low,high,figures", [(0, 100, 3), (1, 1, 3), (50, 99, 3), (1, 100, 0),
+@pytest.mark.parametrize("low,high,figures", [(0, 100, 3), (1, 1, 3), (50, 99, 3), (1, 100, -1),
                                                (1, 100, 6), (1, 2**63 - 1, 3)])
 def test_invalid_layouts_raise(low, high, figures):
     with pytest.raises(HistogramError) as info:
