@@ -319,10 +319,11 @@ cdef class WorkerEngine:
         for target in self.targets:
             if target.pending.length or target.connecting:
                 return False
-        for conn in list(self.queued):
-            if conn.closed or conn.transport.get_write_buffer_size() == 0:
-                conn.queued = False
-                self.queued.discard(conn)
+        if self.queued:
+            for conn in list(self.queued):
+                if conn.closed or conn.transport.get_write_buffer_size() == 0:
+                    conn.queued = False
+                    self.queued.discard(conn)
         return not self.queued
 
     cdef bint refill(self) except -1:
