@@ -1,4 +1,4 @@
-# distutils: sources = native/lg_hdr.c native/lg_pacer.c native/lg_harvest.c native/lg_http.c
+# distutils: sources = native/lg_hdr.c native/lg_hdr_codec.c native/lg_hdr_recorder.c native/lg_pacer.c native/lg_harvest.c native/lg_http.c
 """The open-loop HTTP/1.1 engine's hot path, one instance per worker process.
 
 Pacing: a timerfd armed with the absolute CLOCK_MONOTONIC instant of the next arrival (plus

@@ -1,4 +1,4 @@
-# distutils: sources = native/lg_hdr.c
+# distutils: sources = native/lg_hdr.c native/lg_hdr_codec.c native/lg_hdr_recorder.c
 """HdrHistogram-compatible histograms for loadgate (values are integers, microseconds by
 convention).
 
