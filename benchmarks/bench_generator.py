@@ -220,31 +220,41 @@ def verdict(ok):
 def measure_round(found, args, with_loadgate):
     """One of each run, back to back, so the runs of a round share the machine's conditions."""
     runs = {"load_average": float(open("/proc/loadavg").read().split()[0])}
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(name):
+        return only is None or name in only
+
     workdir = tempfile.mkdtemp(prefix="lg-bench-")
     nginx, port = start_nginx(found["nginx"], args.server_core, workdir)
     url = f"http://127.0.0.1:{port}/"
     try:
-        if "wrk2" in found:
+        if "wrk2" in found and wanted("wrk2_fixed"):
             runs["wrk2_fixed"] = run_wrk(found["wrk2"], url, args, fixed_rate=True)
-        if with_loadgate:
+        if with_loadgate and wanted("loadgate_fixed"):
             runs["loadgate_fixed"] = run_loadgate(url, args, workdir, closed=False)
+        if with_loadgate and wanted("loadgate_fixed_1ms"):
             runs["loadgate_fixed_1ms"] = run_loadgate(url, args, workdir, closed=False,
                                                       window="1ms")
-        floor = build_floor(workdir)
-        if floor:
+        floor = None
+        if wanted("floor_fixed") or wanted("floor_fixed_1ms"):
+            floor = build_floor(workdir)
+        if floor and wanted("floor_fixed"):
             runs["floor_fixed"] = run_floor(floor, port, args, 0)
+        if floor and wanted("floor_fixed_1ms"):
             runs["floor_fixed_1ms"] = run_floor(floor, port, args, 1_000_000)
-        runs["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
-        if with_loadgate:
+        if wanted("wrk_max"):
+            runs["wrk_max"] = run_wrk(found["wrk"], url, args, fixed_rate=False)
+        if with_loadgate and wanted("loadgate_max"):
             runs["loadgate_max"] = run_loadgate(url, args, workdir, closed=True)
-        if "wrk2" in found and args.target_rate:
+        if "wrk2" in found and args.target_rate and wanted("nginx_at_target_rate"):
             runs["nginx_at_target_rate"] = run_wrk(found["wrk2"], url, args, True,
                                                    args.target_rate, 100)
     finally:
         nginx.terminate()
         nginx.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
-    if "wrk2" in found and args.target_rate:
+    if "wrk2" in found and args.target_rate and wanted("target_at_target_rate"):
         target, port = start_target(args.server_core)
         try:
             runs["target_at_target_rate"] = run_wrk(
@@ -267,6 +277,8 @@ def main(argv=None):
     parser.add_argument("--peers-only", action="store_true", help="skip loadgate")
     parser.add_argument("--target-rate", type=int, default=20000,
                         help="rate for the built-in target's check (0 skips it)")
+    parser.add_argument("--only", help="comma-separated runs to do (names as in the table, "
+                                       "e.g. wrk2_fixed,loadgate_fixed_1ms); default all")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
 

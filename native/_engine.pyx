@@ -65,9 +65,10 @@ DEF SPIN_NS = 15000
 DEF EARLY_MAX_NS = 100000
 DEF EARLY_STEP_NS = 500
 # Batches from the schedule cursor are sized to cover about this long, so a live rate change
-# takes effect within it while batch overhead stays negligible at high rates.
-DEF BATCH_SPAN_MIN_NS = 20000000
-DEF BATCH_SPAN_MAX_NS = 100000000
+# takes effect within it while the cursor's cost (tens of microseconds of numpy per batch)
+# stays negligible at high rates.
+DEF BATCH_SPAN_MIN_NS = 100000000
+DEF BATCH_SPAN_MAX_NS = 400000000
 DEF BATCH_MAX = 4096
 DEF UNSCHEDULED_BATCH = 65536
 # Responses get a wake-up of their own only when the next send is further away than this

@@ -12,7 +12,14 @@ static int lg_http_is_token(unsigned char c)
     {
         return 1;
     }
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    switch (c)
+    {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* Returns 1 for a byte allowed inside a reason phrase or a field value.  obs-text (>= 0x80) is
@@ -22,10 +29,12 @@ static int lg_http_is_text(unsigned char c)
     return c == '\t' || (c >= ' ' && c < 0x7f);
 }
 
-/* Returns 1 when name[0..length) equals the lower-case word, ignoring ASCII case. */
-static int lg_http_name_is(const char* name, size_t length, const char* word)
+/* Returns 1 when name[0..length) equals the lower-case word of word_length bytes, ignoring
+ * ASCII case. */
+static int lg_http_same_word(const char* name, size_t length, const char* word,
+                             size_t word_length)
 {
-    if (strlen(word) != length)
+    if (word_length != length)
     {
         return 0;
     }
@@ -43,6 +52,9 @@ static int lg_http_name_is(const char* name, size_t length, const char* word)
     }
     return 1;
 }
+
+#define lg_http_name_is(name, length, word) \
+    lg_http_same_word((name), (length), (word), sizeof(word) - 1)
 
 /* Returns the index just past the CRLF ending the line that starts at start, checking that
  * every byte before it is text; -1 if the line is not complete or not clean. */
