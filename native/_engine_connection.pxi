@@ -190,12 +190,18 @@ cdef class Connection:
         self.received(data, lg_pacer_now_ns())
 
     cdef void received(self, bytes data, int64_t rx_ns) except *:
+        cdef int status, keep_alive
         self.engine.rx_ns = rx_ns
         self.target.bytes_read += len(data)
         if not self.busy:
             # Bytes nobody asked for: the stream can no longer be trusted.
             self.abort()
             return
+        if not self.mid_message and not self.head:
+            status = lg_http_whole_response(data, len(data), &keep_alive)
+            if status >= 0:
+                self.complete(status, keep_alive, rx_ns)
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
