@@ -6,16 +6,22 @@ the pacing window, zero by default, minus the lower quartile of the wake-up late
 as it runs) is watched by uvloop like a socket; on wake-up every arrival that is due goes
 out, and one due within SPIN_NS is waited for by spinning rather than by another sleep.
 Re-arming a timerfd clears its expiry count, so the descriptor is only read when it is not
-re-armed (one system call per wake-up saved).  Each arrival picks a target by smooth weighted
-round-robin, takes an idle keep-alive connection, and if none is idle it queues (counted
-late) while a new connection opens, up to the target's cap: the schedule never waits for the
-pool.
+re-armed (one system call per wake-up saved).  When the next send is near (HARVEST_WAKE_NS
+plus the window) and uvloop has nothing to do that timing depends on, the callback sleeps in
+place (clock_nanosleep) instead, for up to SLICE_NS: at high rates a trip through the event
+loop per send costs as much CPU as the wake-up itself.  Each arrival picks a target by
+smooth weighted round-robin, takes an idle keep-alive connection, and if none is idle it
+queues (counted late) while a new connection opens, up to the target's cap: the schedule
+never waits for the pool.  Requests are written to the socket directly while its transport
+holds nothing.
 
 Responses: in open loop, uvloop's reading of plain-HTTP sockets is paused and the engine
 reads them itself (lg_harvest.h): at the wake-up for the next send when that is near, else
 when uvloop reports them readable.  Completion is the kernel's receive timestamp, so neither
 the collection delay nor the generator's own scheduling delay inflates latency.  TLS and
-closed-loop connections are read by uvloop as usual.
+closed-loop connections are read by uvloop as usual.  A whole response of the common shape
+is recognised in C (lg_http.h); everything else goes through llhttp (httptools).  A response
+to HEAD ends at its headers.
 
 Recording: latency (completion - intended), service time (completion - send) and schedule
 lag (send - intended), in microseconds, into per-target histograms through
