@@ -188,6 +188,8 @@ class AgentRun:
             if self.state is RunState.FINISHED:
                 return
             report.seq = self._dropped + len(self._reports) + 1
+            # Watchers of the merged run match each agent's health by this id, not position.
+            report.health.agent_id = self.agent_id
             self._reports.append(report)
             if report.final:
                 self.state = RunState.FINISHED

@@ -6,11 +6,15 @@ was stopped or aborted, 4 when it failed (no agent finished), 3 for a bad plan.
 
 A readiness plan (one that declares ``gates:``), or ``--resume`` of a readiness run, goes
 through the whole readiness procedure instead (readiness_run): verdict.json, report.md,
-junit.xml and report.html, with ``loadgate gate check``'s exit status.  ``--serve ADDR``
-serves the Controller gRPC service for it while it runs (``loadgate watch ADDR``,
-``loadgate approve/abort RUN --controller ADDR``); its first stdout line is
-``listening on HOST:PORT``.  ``--token-file`` or ``--tls-dir`` then guard it as they guard
-``loadgate controller serve``, and beyond loopback one of them (or ``--insecure``) is required.
+junit.xml and report.html, with ``loadgate gate check``'s exit status.
+
+``--serve ADDR`` serves the Controller gRPC service for the run while it lasts (``loadgate
+watch ADDR``, ``loadgate abort RUN --controller ADDR``, and ``loadgate approve`` for a
+readiness run); its first stdout line is ``listening on HOST:PORT``.  A plain run is served
+through service_plain.PlainRun: its merged intervals, no stages, nothing to approve, and an
+Abort that stops it as Ctrl-C does.  ``--token-file`` or ``--tls-dir`` then guard it as they
+guard ``loadgate controller serve``, and beyond loopback one of them (or ``--insecure``) is
+required.
 """
 import asyncio
 import os
@@ -31,6 +35,7 @@ from loadgate.controller.runner_resume import resume_run
 from loadgate.controller.runner_session import RunStatus
 from loadgate.controller.runner_spec import DEFAULT_DEAD_MAN_S, RunDefinition
 from loadgate.controller.runner_summary import render_summary
+from loadgate.controller.service_plain import PlainRun
 from loadgate.controller.service_server import check_exposure, serve_run
 from loadgate.native.errors import ConfigError
 
@@ -54,8 +59,8 @@ def register(subparsers):
                              f"(default {DEFAULT_DEAD_MAN_S:g}; an agent may enforce less)")
     parser.add_argument("--no-progress", action="store_true", help="no live table")
     parser.add_argument("--serve", metavar="ADDR",
-                        help="serve the Controller gRPC service for this readiness run on "
-                             "HOST:PORT while it runs (port 0 picks one)")
+                        help="serve the Controller gRPC service for this run on HOST:PORT "
+                             "while it runs (port 0 picks one)")
     parser.add_argument("--insecure", action="store_true",
                         help="let --serve listen beyond loopback without a token or TLS")
     security = parser.add_mutually_exclusive_group()
@@ -83,10 +88,8 @@ def run_command(args):
         agents = _agent_list(args.agents) if args.agents else None
         return readiness_run.run_command(args, agents, credentials, metadata,
                                          _serving(args, token) if args.serve else None)
-    if args.serve:
-        raise ConfigError("--serve serves a readiness run (a plan with gates:), and this is a "
-                          "plain load run")
-    return asyncio.run(_main(args, credentials, metadata))
+    return asyncio.run(_main(args, credentials, metadata,
+                             _serving(args, token) if args.serve else None))
 
 
 def _serving(args, token):
@@ -97,8 +100,9 @@ def _serving(args, token):
     return serve
 
 
-async def _main(args, credentials, metadata):
+async def _main(args, credentials, metadata, serve=None):
     local = None
+    deployment_id = ""
     if args.resume:
         run = resume_run(args.resume, credentials=credentials, metadata=metadata)
         recorded = run.run_dir.file(LOCAL_AGENTS_FILE)
@@ -107,6 +111,7 @@ async def _main(args, credentials, metadata):
     else:
         from loadgate.controller.plan import load_plan
         plan = load_plan(args.plan)
+        deployment_id = plan.deployment.id
         definition = RunDefinition.from_plan(plan, workers_per_agent=args.workers)
         if args.dead_man is not None:
             if not args.dead_man > 0:
@@ -132,7 +137,11 @@ async def _main(args, credentials, metadata):
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: loop.create_task(run.stop("interrupted")))
+    served = server = None
     try:
+        if serve is not None:
+            served = PlainRun(run, loop, deployment_id)
+            server = serve(served)
         if args.no_progress or not sys.stderr.isatty():
             summary = await _drive(run, args.resume)
         else:
@@ -140,6 +149,12 @@ async def _main(args, credentials, metadata):
             with RunProgress(run):
                 summary = await _drive(run, args.resume)
     finally:
+        if served is not None:
+            served.finish()
+        if server is not None:
+            # Off the loop: stopping waits out the watchers' grace period, and the run's
+            # tasks go on meanwhile.
+            await asyncio.to_thread(server.stop)
         await run.close()
         if local:
             await asyncio.to_thread(local.stop)
@@ -158,7 +173,8 @@ async def _main(args, credentials, metadata):
 async def _drive(run, resumed):
     if not resumed:
         await run.prepare()
-        await run.start()
+        if run.status is RunStatus.PREPARED:
+            await run.start()
     else:
         run.launch()
     return await run.wait()

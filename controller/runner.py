@@ -20,9 +20,9 @@ drive::
   ``sent``, ``targets`` (name -> TargetTotals: a Histogram per Metric, outcomes, sent, late,
   bytes_read), ``agents``/``missing``/``discarded``/``saturated`` (agent ids), ``telemetry``
   ((agent id, TelemetrySample) pairs), ``cpu_seconds``, ``max_lag_us``, ``health`` (agent id
-  -> the GeneratorHealth it reported, every agent of the run in agent order, empty for one
-  that sent nothing), and ``correction`` (late data for an interval already handed out: add
-  it to that one).
+  -> the GeneratorHealth it reported, every agent of the run in agent order, only its
+  ``agent_id`` for one that sent nothing), and ``correction`` (late data for an interval
+  already handed out: add it to that one).
 - ``adjust(rate_scale, weights)``: ``rate_scale`` multiplies the plan's schedule from now on
   (absolute, not cumulative); ``weights`` replaces the named targets' traffic shares.
 - ``stop(reason)``: agents stop; the run ends once their final reports are in.
@@ -115,7 +115,8 @@ class DistributedRun(RunEndMixin, AgentLossMixin):
     # -- the calling sequence -------------------------------------------------------------
 
     async def prepare(self):
-        """Describes every agent, measures its clock and has it prepare its shard."""
+        """Describes every agent, measures its clock and has it prepare its shard (and stops
+        them again if the run was stopped meanwhile: ``status`` is then no longer PREPARED)."""
         await asyncio.gather(*(s.client.describe() for s in self.sessions))
         ids = [s.client.agent_id for s in self.sessions]
         if len(set(ids)) != len(ids):
@@ -139,6 +140,12 @@ class DistributedRun(RunEndMixin, AgentLossMixin):
             await asyncio.gather(*(self._quietly(s.client.stop(self.run_id, "prepare failed"))
                                    for s in self.sessions))
             raise
+        if self.status is not RunStatus.PREPARING:
+            # stop() came while the agents prepared (Ctrl-C, an Abort): their shards must not
+            # wait for a start.
+            await asyncio.gather(*(self._quietly(s.client.stop(self.run_id, self.stop_reason))
+                                   for s in self.sessions))
+            return
         self.run_dir.journal.append_many([(RecordKind.PREPARED, {
             "agent_id": s.agent_id, "workers": r.workers, "shard_rate": r.shard_rate,
             "shard_requests": r.shard_requests}) for s, r in zip(self.sessions, replies)])
@@ -338,9 +345,12 @@ class DistributedRun(RunEndMixin, AgentLossMixin):
             else:
                 self.span_start_ns = min(self.span_start_ns or merged.start_ns, merged.start_ns)
                 self.span_end_ns = max(self.span_end_ns, merged.end_ns)
-            silent = common_pb2.GeneratorHealth()
-            merged.health = {s.agent_id: merged.health.get(s.agent_id, silent)
-                             for s in self.sessions}
+            reported = merged.health
+            merged.health = {}
+            for s in self.sessions:
+                health = reported.get(s.agent_id)
+                merged.health[s.agent_id] = health if health is not None else \
+                    common_pb2.GeneratorHealth(agent_id=s.agent_id)
             if self.write_error is None:
                 try:
                     self.run_dir.write_interval(merged)

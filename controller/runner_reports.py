@@ -114,6 +114,10 @@ class AgentStream:
         if report.agent_id != self.agent_id:
             return reject(RejectReason.WRONG_AGENT,
                           f"report from agent {report.agent_id!r} on {self.agent_id!r}'s stream")
+        if report.health.agent_id and report.health.agent_id != self.agent_id:
+            return reject(RejectReason.WRONG_AGENT,
+                          f"health of agent {report.health.agent_id!r} in {self.agent_id!r}'s "
+                          "report")
         if self.finished:
             return reject(RejectReason.AFTER_FINAL,
                           f"seq {report.seq} after the final report (seq {self.last_seq})")

@@ -15,6 +15,10 @@ Abort journal who and why.  WatchRun streams serialized RunEvents from the run's
 the snapshot, then transitions and merged intervals live; each event is serialized once
 however many watch, and at most ``max_watchers`` streams are open (RESOURCE_EXHAUSTED).
 A decided run is served from its journal.
+
+Besides the readiness runs (service_runs.ManagedRun) it serves ``loadgate run``'s plain load
+run through the same RPCs (service_plain.PlainRun): WatchRun streams its merged intervals,
+GetRun and ListRuns describe it, Abort stops it, and Approve is FAILED_PRECONDITION.
 """
 import logging
 import os
@@ -195,6 +199,10 @@ class ControllerService:
 
     def Approve(self, request, context):
         managed = self._live(request, context)
+        if not managed.approvable:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"run {managed.run_id} is a plain load run (no gates): it has no "
+                          "approval step, so there is nothing to approve")
         if not managed.view.waiting:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"run {managed.run_id} is not waiting for an approval")

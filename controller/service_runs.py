@@ -88,6 +88,8 @@ class JournalTail:
 class ManagedRun:
     """A readiness run with a watch hub; see the module docstring."""
 
+    approvable = True  # its plan may ask for a manual approval (service_plain's runs never)
+
     def __init__(self, run_id, plan, run_dir, source, *, tick_s=0.25, queue_limit=None,
                  clock=time.time, on_finish=None, metrics=None, resume=False, hooks=None):
         self.run_id = run_id

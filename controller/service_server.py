@@ -11,6 +11,8 @@ message size limits, bearer-token or mutual-TLS authentication.
     server = serve_run(managed, "127.0.0.1:0")   # SubmitPlan answers FAILED_PRECONDITION
     managed.wait(); server.stop()
 
+A plain load run is served the same way through a service_plain.PlainRun.
+
 Only the health service is open without the token when one is required (kubelet probes
 carry no credentials); ``tls_dir`` holds ``loadgate certs init`` files and callers need a
 certificate from the same CA.
@@ -139,8 +141,9 @@ def _loopback(host):
 
 
 def serve_run(managed, listen="127.0.0.1:0", *, runs_dir=None, token=None, tls_dir=None):
-    """Serves one ManagedRun (``loadgate run``'s): WatchRun, GetRun, Approve, Abort and
-    ListRuns for it; SubmitPlan is refused.  Returns the ControllerServer."""
+    """Serves one run of ``loadgate run``, a ManagedRun (readiness) or a service_plain.PlainRun
+    (plain load): WatchRun, GetRun, Approve, Abort and ListRuns for it; SubmitPlan is refused.
+    Returns the ControllerServer."""
     service = ControllerService(runs_dir or os.path.dirname(managed.run_dir) or ".",
                                 accept_plans=False)
     service.add(managed)

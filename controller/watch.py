@@ -4,9 +4,11 @@ It is the reference consumer of the stream: ``WatchState.apply(event)`` takes ea
 (the snapshot first, then transitions and merged intervals) and ``render(state)`` draws the
 stage states with their markers, the canary weight, the rate, latency percentiles per
 target over the recent intervals (a table and a p99 sparkline), errors, the generator's
-health, GPU utilisation and memory, and the latest transitions.  ``watch(...)`` connects,
-follows until the run finishes (or ``max_events``), and draws on a rich Console: live on a
-terminal, once at the end otherwise (``--once`` draws the current state and exits).
+health (each agent's row named by the id it reports), GPU utilisation and memory, and the
+latest transitions; a plain load run (no stages) shows how it ended instead of a verdict.
+``watch(...)`` connects, follows until the run finishes (or ``max_events``), and draws on a
+rich Console: live on a terminal, once at the end otherwise (``--once`` draws the current
+state and exits).
 """
 import collections
 import datetime
@@ -73,7 +75,7 @@ class WatchState:
         self.gpus = []
         self.gpu_unavailable = ""
         self.generator = None
-        self.agents = ()  # GeneratorHealth of each agent, in agent order
+        self.agents = ()  # GeneratorHealth of each agent, in agent order, named by agent_id
         self.saturated = ()
         self.skipped = 0
         self.finished = False
@@ -170,7 +172,11 @@ def _header(state):
     if info.waiting_for_approval:
         text.append("\nWAITING FOR APPROVAL (loadgate approve ... --who --reason)",
                     style="bold magenta")
-    if state.finished or info.verdict:
+    if info.run_end:
+        # A plain load run: no verdict, only how its load ended.
+        ended = common_pb2.RunEnd.Name(info.run_end).removeprefix("RUN_END_").lower()
+        text.append(f"\nload run {ended}", style="bold")
+    elif state.finished or info.verdict:
         text.append(f"\nverdict {info.verdict or '-'}", style="bold")
     if state.skipped:
         text.append(f"\nskipped {state.skipped} events (this terminal read too slowly)",
@@ -233,7 +239,8 @@ def _hardware(state):
                       f"ms  connections {g.open_connections}"
                       + (f"  SATURATED: {', '.join(state.saturated)}" if g.saturated else ""))
     for agent, health in enumerate(state.agents):
-        table.add_row(f"agent {agent}", f"cpu {health.cpu_percent:.0f}% of {health.workers} "
+        name = f"agent {agent} {health.agent_id}" if health.agent_id else f"agent {agent}"
+        table.add_row(name, f"cpu {health.cpu_percent:.0f}% of {health.workers} "
                       f"worker(s)  max lag {health.max_lag_us / 1000:.1f} ms  connections "
                       f"{health.open_connections}" + ("  SATURATED" if health.saturated else ""))
     for agent, gpu in state.gpus:
