@@ -213,8 +213,8 @@ class AgentRun:
                 telemetry = ()
                 if self._telemetry is not None:
                     # Workers' interval bounds may overlap by a little; each sample goes to
-                    # exactly one report.
-                    telemetry = self._telemetry.between(self._telemetry_from, snapshot.end_ns)
+                    # exactly one report, and the sampler lets go of what the reports took.
+                    telemetry = self._telemetry.take(self._telemetry_from, snapshot.end_ns)
                     self._telemetry_from = max(self._telemetry_from, snapshot.end_ns)
                 report = interval_report(snapshot, self.run_id, self.agent_id, 0, self.workers,
                                          telemetry)

@@ -8,7 +8,8 @@ from loadgate.agent.nvml import open_nvml
 from loadgate.agent.telemetry_host import HostSampler
 from loadgate.proto.loadgate.v1 import common_pb2
 
-# Enough for the longest report interval anyone should use at the fastest sampling rate.
+# Enough for the longest report interval anyone should use at the fastest sampling rate; it
+# also bounds an idle agent, whose samples no run takes.
 _KEPT_SAMPLES = 4096
 
 
@@ -73,6 +74,22 @@ class TelemetrySampler:
             lo = bisect.bisect_left(self._times, start_ns)
             hi = bisect.bisect_left(self._times, end_ns)
             return list(self._samples[lo:hi])
+
+    def take(self, start_ns, end_ns):
+        """Samples taken in [start_ns, end_ns), oldest first, and lets go of the samples
+        taken before end_ns but the latest: the running run's reports read the samples once,
+        in order, and only ``latest`` asks for an old one, so a run holds one interval's
+        samples, not the last _KEPT_SAMPLES of them (about a kilobyte each, ~5 MiB at the
+        1 s default)."""
+        with self._lock:
+            lo = bisect.bisect_left(self._times, start_ns)
+            hi = bisect.bisect_left(self._times, end_ns)
+            taken = self._samples[lo:hi]
+            released = min(hi, len(self._samples) - 1)
+            if released > 0:
+                del self._times[:released]
+                del self._samples[:released]
+            return taken
 
     def latest(self):
         with self._lock:
