@@ -40,6 +40,8 @@ class StepPhase(enum.Enum):
     SWITCH = "switch"            # a blue-green or big-bang switch judged
     POST_DEPLOY = "post_deploy"  # the post-deploy monitoring window judged
     KNEE = "knee"                # one rate of the knee search (results, not verdict gates)
+    OPENED = "opened"            # a judged window opened: ``opened`` is when its load begins
+    RESUMED = "resumed"          # a new controller goes on with a step an earlier one held
 
 
 class JournalError(InfrastructureError):

@@ -27,9 +27,14 @@ deployment it rolls back (AVARIYA -> rollback hook -> OTKAT -> previous SV; FAIL
 evidence leaves the node NSV and the verdict INCONCLUSIVE.  ``approve``/``abort`` append
 who/when/why records another process may write while this one runs.  A killed controller
 resumes from run_dir: transitions are replayed through the state machine, finished stages
-and canary steps are not repeated, and the step in progress starts a fresh window.
+and canary steps are not repeated, and a canary step in progress goes on with what it had
+measured: ``journaled(opened, weights)`` (default: ``JournaledLoad``, the load journals of
+earlier controllers in run_dir) gives the measurement of a window opened at ``opened``, so
+only the rest of its hold runs (readiness_rollout).
 """
+import json
 import os
+import re
 import time
 
 from loadgate.controller import verdict as verdict_module
@@ -37,18 +42,27 @@ from loadgate.controller.classify import classify, rollout_node, stage_graph
 from loadgate.controller.gates import GateResult, combine
 from loadgate.controller.journal import (
     FileJournal, JournalError, RecordKind, StepPhase, read_journal)
+from loadgate.controller.merge import Metric, TargetTotals
 from loadgate.controller.plan import Plan
 from loadgate.controller.plan_model import Environment
 from loadgate.controller.plan_units import format_duration
 from loadgate.controller.readiness_checks import check_staging_evidence
 from loadgate.controller.readiness_hooks import HookRunner
+from loadgate.controller.readiness_protocol import TargetWindow, WindowMeasurement
 from loadgate.controller.readiness_rollout import RolloutMixin
 from loadgate.controller.readiness_stages import PreDeploymentStages
+from loadgate.controller.runner_reports import HistogramLayout
+from loadgate.controller.runner_resume import journaled_intervals
+from loadgate.controller.rundir import JOURNAL as LOAD_JOURNAL
+from loadgate.controller.runner_source import _sample as telemetry_sample
 from loadgate.controller.states import Node, Stage, State, StateMachine, SubStage
 from loadgate.controller.verdict import RunStatus
 from loadgate.native.errors import InfrastructureError, LoadgateError
 
 JOURNAL_NAME = "journal.jsonl"
+# Each controller of a run measures into a directory of its own: load, load-2, load-3, ...
+LOAD_DIR = "load"
+_LOAD_DIR_NAME = re.compile(rf"{LOAD_DIR}(-[0-9]+)?")
 
 
 class _Aborted(Exception):
@@ -73,7 +87,7 @@ def abort(run_dir, who, why, clock=time.time):
 
 
 class Readiness(PreDeploymentStages, RolloutMixin):
-    def __init__(self, plan, run_dir, source, clock=time.time, hooks=None):
+    def __init__(self, plan, run_dir, source, clock=time.time, hooks=None, journaled=None):
         self.run_dir = os.fspath(run_dir)
         try:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -84,6 +98,7 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         self.plan = self.classification.plan
         self.source = source
         self.clock = clock
+        self.journaled = journaled or JournaledLoad(self.run_dir, self.plan.targets)
         base = os.path.dirname(os.path.abspath(plan.source)) if os.path.exists(plan.source) \
             else os.getcwd()
         self.base_dir = base
@@ -111,14 +126,14 @@ class Readiness(PreDeploymentStages, RolloutMixin):
         self._procedure = self._run()
 
     @classmethod
-    def resume(cls, run_dir, source, clock=time.time, hooks=None):
+    def resume(cls, run_dir, source, clock=time.time, hooks=None, journaled=None):
         """The run journaled in run_dir, ready to continue where it stopped."""
         records = list(read_journal(os.path.join(run_dir, JOURNAL_NAME)))
         plans = [r for r in records if r.get("kind") == RecordKind.PLAN.value]
         if not plans:
             raise JournalError(f"{run_dir} holds no readiness journal to resume")
         plan = Plan.from_dict(plans[0]["plan"], plans[0]["source"])
-        return cls(plan, run_dir, source, clock, hooks)
+        return cls(plan, run_dir, source, clock, hooks, journaled)
 
     def _restore(self, records, plan):
         first = records[0]
@@ -320,3 +335,70 @@ def _approval_reason(classification):
     return next((d.reason for d in classification.decisions if d.key == "approval.required"),
                 "the plan requires it")
 
+
+
+class JournaledLoad:
+    """What earlier controllers of the run in run_dir measured, read from their load
+    journals: ``(opened, weights)`` gives the WindowMeasurement of the window that opened at
+    ``opened`` (s, the source's clock) with those weights, or None if nothing of it was
+    journaled.
+
+    The window's load is in the directory of the controller that opened it: the last one
+    whose run had begun by then.  A later controller's load (its warm-up included) is in a
+    directory of its own, so it never counts toward an earlier controller's window."""
+
+    def __init__(self, run_dir, targets):
+        self.run_dir = run_dir
+        self.target_names = [t.name for t in targets]
+
+    def __call__(self, opened, weights):
+        began = {}
+        for name in os.listdir(self.run_dir):
+            path = os.path.join(self.run_dir, name)
+            if _LOAD_DIR_NAME.fullmatch(name) and os.path.isdir(path):
+                start = _run_began(path)
+                if start is not None and start <= opened * 1e9:
+                    began[path] = start
+        if not began:
+            return None
+        _, intervals = journaled_intervals(max(began, key=began.get))
+        return window_of(intervals, opened, weights, self.target_names)
+
+
+def _run_began(path):
+    # The run record comes first and is written as the controller prepares the agents, before
+    # any window of it opens; the rest of a long journal need not be read to find it.
+    try:
+        with open(os.path.join(path, LOAD_JOURNAL), "rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
+    return first.get("ts_ns") if isinstance(first, dict) else None
+
+
+def window_of(intervals, opened, weights, target_names):
+    """The WindowMeasurement a window opened at ``opened`` (s) with ``weights`` got from the
+    merged ``intervals``: those that started inside it, whole, as the live source adds them
+    (runner_source); None when none did."""
+    opened_ns = round(opened * 1e9)
+    kept = [m for m in intervals if m.start_ns >= opened_ns]
+    if not kept:
+        return None
+    layout = HistogramLayout()
+    totals = {name: TargetTotals.empty(layout) for name in target_names}
+    for merged in kept:
+        for name, figures in merged.targets.items():
+            totals[name].add(figures)
+    end = max(m.end_ns for m in kept) / 1e9
+    seconds = max(1e-9, end - opened)
+    intended = sum(m.intended for m in kept)
+    total_weight = sum(weights.values()) or 1.0
+    targets = {name: TargetWindow(
+        name=name, latency=figures.histograms[Metric.LATENCY], requests=figures.completed,
+        errors=figures.errors,
+        intended_rps=intended * weights.get(name, 0.0) / total_weight / seconds,
+        achieved_rps=figures.completed / seconds,
+        outcomes={o.label: n for o, n in figures.outcomes.items()})
+        for name, figures in totals.items()}
+    return WindowMeasurement(start=opened, end=end, targets=targets, telemetry=tuple(
+        telemetry_sample(sample) for m in kept for _, sample in m.telemetry))

@@ -8,6 +8,10 @@ a resumed run skips them), and either ends in SV:RAZVERNUTO or rolls back:
   or the traffic_shift hook), then judge the step's window every tick: FAIL rolls back at
   once, PASS promotes once the hold has passed, INCONCLUSIVE holds until max_hold and then
   ends the run INCONCLUSIVE.  Relative gates run while the baseline still gets traffic.
+  A step an earlier controller was holding when it died goes on where it was: its traffic
+  is not shifted again (nor its hook run), the load that controller journaled for the step
+  (Readiness.journaled) counts toward the hold, the samples and every gate, and a
+  ``resumed`` step record says what was carried over and when the step went on.
 - BLUE-GREEN: the switch hook, the verify_switch hook, then a window on the new colour.
 - ROLLING: the instance_step hook per batch of instances, each followed by a window.
 - BIG-BANG: wait for the downtime window, the switch hook, then a window.
@@ -20,6 +24,7 @@ first ticks of a window see bursts (a target starved of CPU, agents fresh after 
 that a handful of samples cannot tell from a regression.  A true regression is still rolled
 back at the first step that has that evidence.
 """
+import collections
 import dataclasses
 import datetime
 import math
@@ -28,6 +33,7 @@ from loadgate.controller.gates import GateStatus, combine, evaluate, samples_to_
 from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Strategy, TargetRole, TrafficShift
 from loadgate.controller.plan_units import format_duration, format_percent
+from loadgate.controller.readiness_protocol import TargetWindow, WindowMeasurement
 from loadgate.controller.states import Node, Stage, State
 from loadgate.controller.verdict import RunStatus
 from loadgate.native.errors import LoadgateError
@@ -43,7 +49,8 @@ FAILED_ON = f" (on at least {FAIL_COVER:.0%} of its hold and the samples a PASS 
 class RolloutMixin:
     deploying = False
 
-    def judge_window(self, window, weights, rate, min_s, max_s, judged, pair, gates=None):
+    def judge_window(self, window, weights, rate, min_s, max_s, judged, pair, gates=None,
+                     carried=None):
         """Generator: opens a window and judges it at its looks until a decision.
 
         Returns (status, results, measurement): FAIL as soon as a look finds a gate failed
@@ -57,16 +64,31 @@ class RolloutMixin:
         Coverage is the measured time the source reports, not the clock: agents' reports
         arrive late under load, and a window must not close before its data.  A source that
         falls further behind than the grace below is judged on what it has.
+
+        ``carried``: what earlier controllers measured of this window (a resumed step); it
+        counts as measured before this part, so the hold and max_s run on from it and the
+        next look waits for samples beyond it.
         """
         self.source.start_window(weights, rate)
         start = self.clock()
+        # When the load of this window begins on the source's clock: a controller that takes
+        # the run over finds this part of the window in the load journal from there on.
+        self.journal.append({"kind": RecordKind.STEP.value, "time": start,
+                             "phase": StepPhase.OPENED.value, "window": window,
+                             "opened": self.source.collect().start})
         gates = gates or self.plan.gates
         grace = max(5.0, 4 * self.plan.load.interval_s)
-        next_look, held = 1, False
+        next_look, held, served = 1, False, 0.0
+        if carried is not None:
+            served = carried.duration_s
+            next_look = 1 + _samples(carried, judged)
+            held = served >= min_s
         while True:
             yield from self._pause()
             measurement = self.source.collect()
-            elapsed = self.clock() - start
+            if carried is not None:
+                measurement = joined(carried, measurement)
+            elapsed = served + self.clock() - start
             covered = measurement.duration_s
             samples = sum(measurement.targets[name].latency.total_count for name in judged)
             final = covered >= max_s or elapsed >= max_s + grace
@@ -130,22 +152,24 @@ class RolloutMixin:
                 continue
             label = f"canary step {index + 1} ({format_percent(percent)})"
             evidence = {"step": index + 1, "weight": percent}
-            self._to(node, State.VYPOLNYAETSYA, f"shifting {format_percent(percent)} of the "
-                                                "traffic to the canary", evidence)
-            if canary.traffic is TrafficShift.HOOK:
-                shifted = self._hook("traffic_shift", self.plan.hooks.traffic_shift,
-                                     weight=percent)
-                if not shifted.ok:
-                    return self.roll_back(f"traffic_shift hook failed ({shifted.status})",
-                                          evidence)
+            if not self._shifted(node, index + 1, percent):
+                self._to(node, State.VYPOLNYAETSYA, f"shifting {format_percent(percent)} of "
+                                                    "the traffic to the canary", evidence)
+                if canary.traffic is TrafficShift.HOOK:
+                    shifted = self._hook("traffic_shift", self.plan.hooks.traffic_shift,
+                                         weight=percent)
+                    if not shifted.ok:
+                        return self.roll_back(f"traffic_shift hook failed ({shifted.status})",
+                                              evidence)
             weights = self.canary_weights(percent)
+            carried, resumed = self._carry_over(label, weights, self._judged(weights))
             self._to(node, State.TESTIRUYETSYA, f"holding {label} for at least "
                                                 f"{format_duration(canary.hold_s)}", evidence)
             status, results, measurement = yield from self.judge_window(
                 label, weights, self.plan.load.rate, canary.hold_s, canary.max_hold_s,
-                self._judged(weights), self.pair(weights))
+                self._judged(weights), self.pair(weights), carried=carried)
             self._record_step(StepPhase.CANARY, label, results, measurement, index=index,
-                              weight=percent)
+                              weight=percent, **({"resumed": resumed} if resumed else {}))
             if status is GateStatus.FAIL:
                 return self.roll_back(f"{label} failed{FAILED_ON}: "
                                       f"{failed_reasons(results)}", evidence)
@@ -154,6 +178,54 @@ class RolloutMixin:
                                           f"{format_duration(canary.max_hold_s)}: "
                                           f"{inconclusive_reasons(results)}")
         return True
+
+    def _shifted(self, node, step, percent):
+        """Whether an earlier controller already shifted the traffic of canary step ``step``:
+        the step reached TESTIRUYETSYA, or its traffic_shift hook succeeded just before that
+        controller died."""
+        this_step = False
+        for record in self.journal.records():
+            kind = record.get("kind")
+            if kind == RecordKind.TRANSITION.value and record["node"] == node.key:
+                this_step = (record.get("evidence") or {}).get("step") == step
+                if this_step and record["to"] == State.TESTIRUYETSYA.value:
+                    return True
+            elif this_step and kind == RecordKind.HOOK.value and \
+                    record.get("hook") == "traffic_shift" and record.get("ok") and \
+                    (record.get("values") or {}).get("weight") == percent:
+                return True
+        return False
+
+    def _carry_over(self, label, weights, judged):
+        """(what earlier controllers measured of window ``label``, the record of its
+        resumption); (None, None) for a window no controller opened before.  Each part is
+        the load from where that controller opened the window to its last journaled
+        interval: the time between the parts is a gap, not hold."""
+        opened = [r["opened"] for r in self.steps if r.get("phase") == StepPhase.OPENED.value
+                  and r.get("window") == label]
+        if not opened:
+            return None, None
+        carried, parts = None, []
+        for start in opened:
+            part = self.journaled(start, weights)
+            if part is None:
+                parts.append({"opened": start, "until": None, "covered": 0.0, "samples": 0})
+                continue
+            parts.append({"opened": start, "until": part.end, "covered": part.duration_s,
+                          "samples": _samples(part, judged)})
+            carried = part if carried is None else joined(carried, part)
+        served = carried.duration_s if carried is not None else 0.0
+        samples = _samples(carried, judged) if carried is not None else 0
+        last = max((p["until"] for p in parts if p["until"] is not None), default=opened[-1])
+        resumed = {"at": self.clock(), "interrupted_at": last, "carried_s": served,
+                   "carried_samples": samples, "parts": parts}
+        self._journal_step({
+            "kind": RecordKind.STEP.value, "time": resumed["at"],
+            "phase": StepPhase.RESUMED.value, "window": label, **resumed,
+            "reason": f"{label} was interrupted at {_moment(last)} after "
+                      f"{format_duration(served)} of its hold ({samples} samples); it "
+                      f"goes on at {_moment(resumed['at'])} with the rest of its hold"})
+        return carried, resumed
 
     def _verify_window(self, node, label, evidence, phase, **extra):
         weights = self.static_weights()
@@ -280,6 +352,40 @@ class RolloutMixin:
                        f"{format_duration(rto)}")
         self._finish(status, reason, error)
         return False
+
+
+def joined(earlier, later):
+    """One measurement of a window measured in two parts (a controller died between them):
+    the samples and counts of both, rates over the time both covered.  The gap between the
+    parts is no part of it, so ``duration_s`` is the sum of theirs."""
+    seconds = max(1e-9, earlier.duration_s + later.duration_s)
+    targets = {}
+    for name in {**earlier.targets, **later.targets}:
+        parts = [(m.duration_s, m.targets[name]) for m in (earlier, later) if name in m.targets]
+        latency = parts[0][1].latency.copy()
+        for _, part in parts[1:]:
+            latency.add(part.latency)
+        outcomes = collections.Counter()
+        for _, part in parts:
+            outcomes.update(part.outcomes)
+        targets[name] = TargetWindow(
+            name=name, latency=latency, requests=sum(p.requests for _, p in parts),
+            errors=sum(p.errors for _, p in parts),
+            intended_rps=sum(d * p.intended_rps for d, p in parts) / seconds,
+            achieved_rps=sum(d * p.achieved_rps for d, p in parts) / seconds,
+            outcomes=dict(outcomes))
+    return WindowMeasurement(start=later.start - earlier.duration_s, end=later.end,
+                             targets=targets, telemetry=earlier.telemetry + later.telemetry)
+
+
+def _samples(measurement, judged):
+    return sum(measurement.targets[name].latency.total_count for name in judged
+               if name in measurement.targets)
+
+
+def _moment(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="seconds")
 
 
 def hold_early_failures(results, gates, covered, hold_s):

@@ -10,7 +10,8 @@ report.md, junit.xml and report.html, prints a short summary and returns the ``V
 plan comes from the journal, local agents the dead controller left are stopped (they are
 recorded in ``local-agents.json``) and fresh ones started, finished stages and canary steps
 are not repeated, and the load of the new controller goes to a fresh ``load-N`` directory so
-the dead one's measurements stay as they were.
+the dead one's measurements stay as they were; a canary step it was holding counts them
+(readiness.JournaledLoad) and holds only for the rest of its hold.
 
 ``serve`` (``loadgate run --serve``) drives the run through a service_runs.ManagedRun instead,
 whose thread ticks it and publishes every transition and merged interval; ``serve(managed)``
@@ -33,7 +34,7 @@ from loadgate.controller.journal import JournalError, RecordKind, StepPhase, rea
 from loadgate.controller.local_agents import AdoptedAgents, LocalAgents
 from loadgate.controller.plan import Plan, load_plan
 from loadgate.controller.plan_types import GatesPlan
-from loadgate.controller.readiness import JOURNAL_NAME, Readiness
+from loadgate.controller.readiness import JOURNAL_NAME, LOAD_DIR, Readiness
 from loadgate.controller.readiness_progress import ReadinessProgress, TrackedSource
 from loadgate.controller.report_html import write_report_html
 from loadgate.controller.runner_source import AgentMeasurementSource
@@ -42,7 +43,6 @@ from loadgate.controller.verdict import ErrorKind, RunStatus, VerdictStatus
 from loadgate.native.errors import InfrastructureError, LoadgateError
 
 LOCAL_AGENTS_FILE = "local-agents.json"
-LOAD_DIR = "load"
 # Agents stop their load this long after losing the controller: short, because a killed
 # controller's load must not run on into the next controller's windows.
 LOCAL_DEAD_MAN = "3s"

@@ -5,8 +5,15 @@ same ingest path gives back the exact merged state; the hlog and telemetry files
 rewritten from it.  The agents kept their reports (and stopped their load once the dead-man
 time passed), so streaming from each agent's last journaled seq collects the rest, each
 interval exactly once.
+
+``journaled_intervals`` reads a dead controller's load journal without taking the run over:
+a resumed readiness run counts what the step it resumes had already measured.
 """
-from loadgate.controller.runner_reports import AgentStream, RejectReason, Rejection
+import os
+
+from loadgate.controller.merge import IntervalMerger
+from loadgate.controller.runner_reports import (AgentStream, HistogramLayout, RejectReason,
+                                                Rejection)
 from loadgate.controller.run_journal import RecordKind, read_journal, report_payload
 from loadgate.controller.rundir import JOURNAL, RunDir
 from loadgate.controller.runner import DistributedRun
@@ -14,6 +21,7 @@ from loadgate.controller.runner_agents import ClockSample
 from loadgate.controller.runner_session import AgentState, RunStatus
 from loadgate.controller.runner_spec import RunDefinition
 from loadgate.native.errors import InfrastructureError
+from loadgate.proto.loadgate.v1 import common_pb2
 
 
 def resume_run(path, credentials=None, metadata=()):
@@ -77,3 +85,43 @@ def resume_run(path, credentials=None, metadata=()):
     run.run_dir.journal.append(RecordKind.RESUMED, controller_id=run.controller_id,
                                last_seq={s.agent_id: s.stream.last_seq for s in run.sessions})
     return run
+
+
+def journaled_intervals(path):
+    """(when the run began, ns, or None; the merged intervals its journal holds) for the run
+    directory at path, leaving it untouched.
+
+    The reports are merged as the live controller merged them (agents' clock offsets removed,
+    lost agents no longer waited for); intervals it had not handed out yet when it died come
+    out too, with what was journaled of them, so every journaled report counts once."""
+    journal = os.path.join(path, JOURNAL)
+    if not os.path.exists(journal):
+        return None, []
+    records = list(read_journal(journal))
+    description = next((r for kind, r in records if kind is RecordKind.RUN), None)
+    if description is None:
+        return None, []
+    layout = HistogramLayout()
+    definition = RunDefinition.from_dict(description["definition"])
+    streams = {a["agent_id"]: AgentStream(description["run_id"], a["agent_id"],
+                                          definition.target_names, layout)
+               for a in description["agents"]}
+    merger = IntervalMerger(definition.target_names, list(streams), layout,
+                            {a["agent_id"]: a["clock"]["offset_ns"]
+                             for a in description["agents"]})
+    ready = []
+    for kind, record in records:
+        if kind is RecordKind.REPORT:
+            result = streams[record["agent_id"]].check(
+                common_pb2.IntervalReport.FromString(report_payload(record)))
+            if isinstance(result, Rejection):
+                raise InfrastructureError(f"{journal}: journaled report {record['agent_id']}#"
+                                          f"{record['seq']} does not replay: {result.message}")
+            streams[record["agent_id"]].commit(result)
+            ready.extend(merger.add(result))
+        elif kind is RecordKind.AGENT_LOST:
+            ready.extend(merger.agent_gone(record["agent_id"]))
+        elif kind is RecordKind.AGENT_BACK:
+            merger.agent_back(record["agent_id"])
+    ready.extend(merger.finish())
+    return description["ts_ns"], [m for m in ready if m.agents and m.end_ns]
