@@ -10,7 +10,7 @@ test_controller_run_netns.py cuts an agent off for good under CONTINUE.  Here:
   and the unreachable agent stops its own load by its dead-man switch.
 Skipped (with the reason) where namespaces cannot be created."""
 import os
-import signal
+import subprocess
 import threading
 import time
 
@@ -18,7 +18,8 @@ import pytest
 
 from test_controller_run import (assert_seqs_contiguous, completed_in, definition,
                                  journal_reports, run_to_end, target_requests)
-from test_controller_run_netns import Network, ip, namespaces_possible, start_agent_in
+from agent_helpers import start_agent
+from test_controller_run_netns import Network, ip, namespaces_possible
 from loadgate.controller.plan_model import AgentLossPolicy
 from loadgate.controller.run_journal import RecordKind, read_journal
 from loadgate.controller.rundir import JOURNAL
@@ -47,9 +48,10 @@ def start_peers(network, tmp_path, dead_man):
     agents = []
     try:
         for name, address in zip(network.names, network.addresses):
-            agents.append(start_agent_in(name, address, [
-                "--workers", "1", "--token-file", str(token), "--allow", network.host,
-                "--dead-man", dead_man]))
+            agents.append(start_agent(
+                ["--listen", f"{address}:0", "--workers", "1", "--token-file", str(token),
+                 "--allow", network.host, "--dead-man", dead_man],
+                prefix=["ip", "netns", "exec", name], stderr=subprocess.DEVNULL))
     except BaseException:
         stop_peers(target, agents)
         raise
@@ -57,9 +59,8 @@ def start_peers(network, tmp_path, dead_man):
 
 
 def stop_peers(target, agents):
-    for proc, _ in agents:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for agent in agents:
+        agent.kill()
     stop_target_process(target)
 
 
@@ -77,7 +78,7 @@ def test_a_link_that_comes_back_loses_and_doubles_nothing(network, tmp_path):
         run = DistributedRun(
             definition(url, rate=200, duration_s=5.0, policy=AgentLossPolicy.CONTINUE,
                        dead_man_s=10.0),
-            [address for _, address in agents], run_dir,
+            [agent.address for agent in agents], run_dir,
             metadata=(("authorization", f"Bearer {TOKEN}"),))
 
         def restore():
@@ -132,7 +133,7 @@ def test_abort_on_a_cut_link_stops_everyone(network, tmp_path):
         run = DistributedRun(
             definition(url, rate=200, duration_s=20.0, policy=AgentLossPolicy.ABORT,
                        dead_man_s=1.5),
-            [address for _, address in agents], run_dir,
+            [agent.address for agent in agents], run_dir,
             metadata=(("authorization", f"Bearer {TOKEN}"),))
 
         def cut_second(merged):
