@@ -216,7 +216,8 @@ def _windows(records):
     """Each judged window from its step record; it began when its first evaluation did."""
     step, evaluation = readiness_journal.RecordKind.STEP.value, \
         readiness_journal.StepPhase.EVALUATION.value
-    skipped = (evaluation, readiness_journal.StepPhase.APPROVAL.value)
+    phase = readiness_journal.StepPhase
+    skipped = (evaluation, phase.APPROVAL.value, phase.RESUMED.value)
     began = {}
     last_change = None
     windows = []
@@ -226,6 +227,9 @@ def _windows(records):
         if record.get("kind") != step:
             continue
         label = record.get("window")
+        if record.get("phase") == phase.OPENED.value:
+            began[label] = record["time"]
+            continue
         if record.get("phase") == evaluation:
             began.setdefault(label, record["time"] - record.get("elapsed", 0.0))
             continue

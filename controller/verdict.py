@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from loadgate.controller import junit, report_md
 from loadgate.controller.classify import Disposition
 from loadgate.controller.gates import GateResult, GateStatus
-from loadgate.controller.journal import RecordKind
+from loadgate.controller.journal import RecordKind, StepPhase
 from loadgate.controller.plan_model import Environment
 from loadgate.controller.states import State
 from loadgate.native.errors import InfrastructureError
@@ -147,7 +147,7 @@ def build(run):
         gates=gates, reasons=list(run.reasons), next_steps=[], stages=stages,
         transitions=transitions,
         steps=[{k: v for k, v in s.items() if k not in ("gates", "results")}
-               for s in run.steps],
+               for s in run.steps if s.get("phase") != StepPhase.OPENED.value],
         decisions=[r for r in records if r.get("kind") in (RecordKind.APPROVAL.value,
                                                             RecordKind.ABORT.value)],
         error=None if run.error is None else {"kind": run.error.value,
