@@ -124,13 +124,21 @@ def test_bad_flags_exit_with_the_config_error_code():
     assert "-R/--rate" in done.stderr
 
 
+def _default_sigint():
+    # A background job (`cmd &` in a script, some CI runners) starts with SIGINT ignored, and
+    # an ignored signal stays ignored across exec: the bench must get the default back to be
+    # interruptible at all, as it would be in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_run_and_still_reports_every_request(tmp_path):
     out = tmp_path / "run.json"
     with target() as url:
         proc = subprocess.Popen(
             [sys.executable, "-m", "loadgate.controller.cli", "bench", url + "/", "-R", "200",
              "-d", "30s", "-t", "2", "--interval", "250ms", "--json", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_default_sigint)
         try:
             assert proc.stdout.readline().startswith("[")   # the first interval is in
             proc.send_signal(signal.SIGINT)
