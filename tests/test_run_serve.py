@@ -4,6 +4,7 @@ a readiness run and for a plain load run.
 Real parts only: a ``loadgate target`` process, ``loadgate run`` as a process that starts two
 local agents itself, and the Controller client of ``loadgate watch`` on loopback.
 """
+import contextlib
 import io
 import json
 import os
@@ -43,30 +44,37 @@ def write_plan(tmp_path, url):
     return str(path)
 
 
-@pytest.mark.slow
-def test_a_served_run_streams_each_agents_health_and_closes_its_port_at_the_end(
-        target, tmp_path):
-    run_dir = tmp_path / "run"
+@contextlib.contextmanager
+def served_run(tmp_path, plan, run_dir):
+    """``loadgate run PLAN --serve 127.0.0.1:0`` as a process; yields (process, address) once
+    its first line says where the service listens, and kills it if it is still running."""
     with open(tmp_path / "stderr", "wb") as stderr:
         process = subprocess.Popen(
-            CLI + ["run", write_plan(tmp_path, target), "--serve", "127.0.0.1:0",
-                   "--workers", "1", "--no-progress", "--run-dir", str(run_dir)],
+            CLI + ["run", plan, "--serve", "127.0.0.1:0", "--workers", "1", "--no-progress",
+                   "--run-dir", str(run_dir)],
             stdout=subprocess.PIPE, stderr=stderr)
     try:
         line = read_first_line(process, RUN_TIMEOUT_S)
         listening = parse_listening(line)
         assert listening, f"no 'listening on' line: {line!r}, " \
                           f"stderr: {(tmp_path / 'stderr').read_text()}"
-        address = f"{listening[0]}:{listening[1]}"
-        with ControllerClient(address) as client:
-            events = list(client.stub.WatchRun(controller_pb2.WatchRunRequest(),
-                                               timeout=RUN_TIMEOUT_S))
-        code = process.wait(RUN_TIMEOUT_S)
+        yield process, f"{listening[0]}:{listening[1]}"
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+@pytest.mark.slow
+def test_a_served_run_streams_each_agents_health_and_closes_its_port_at_the_end(
+        target, tmp_path):
+    run_dir = tmp_path / "run"
+    with served_run(tmp_path, write_plan(tmp_path, target), run_dir) as (process, address):
+        with ControllerClient(address) as client:
+            events = list(client.stub.WatchRun(controller_pb2.WatchRunRequest(),
+                                               timeout=RUN_TIMEOUT_S))
+        code = process.wait(RUN_TIMEOUT_S)
     assert events[0].snapshot.run_id == "run"
     assert events[-1].WhichOneof("event") == "finished" and events[-1].finished.verdict
     assert code == int(gate_cli.check(str(run_dir))[0])
@@ -94,7 +102,8 @@ def test_a_served_run_streams_each_agents_health_and_closes_its_port_at_the_end(
     assert all(f"agent {n} {agent_id}" in drawn.getvalue()
                for n, agent_id in enumerate(agent_ids))
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(listening, timeout=5).close()
+        host, port = address.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=5).close()
 
 
 def test_serving_beyond_loopback_without_credentials_is_refused_before_any_load(
@@ -143,17 +152,8 @@ def first_interval_from_every_agent(events):
 @pytest.mark.slow
 def test_a_served_plain_run_streams_agents_by_id_refuses_approval_and_aborts(target, tmp_path):
     run_dir = tmp_path / "run"
-    with open(tmp_path / "stderr", "wb") as stderr:
-        process = subprocess.Popen(
-            CLI + ["run", write_plain_plan(tmp_path, target), "--serve", "127.0.0.1:0",
-                   "--workers", "1", "--no-progress", "--run-dir", str(run_dir)],
-            stdout=subprocess.PIPE, stderr=stderr)
-    try:
-        line = read_first_line(process, RUN_TIMEOUT_S)
-        listening = parse_listening(line)
-        assert listening, f"no 'listening on' line: {line!r}, " \
-                          f"stderr: {(tmp_path / 'stderr').read_text()}"
-        with ControllerClient(f"{listening[0]}:{listening[1]}") as client:
+    with served_run(tmp_path, write_plain_plan(tmp_path, target), run_dir) as (process, address):
+        with ControllerClient(address) as client:
             stream = client.stub.WatchRun(controller_pb2.WatchRunRequest(),
                                           timeout=RUN_TIMEOUT_S)
             interval, events = first_interval_from_every_agent(stream)
@@ -169,11 +169,6 @@ def test_a_served_plain_run_streams_agents_by_id_refuses_approval_and_aborts(tar
                 run_id=running.run_id, who="alice", reason="enough load"), timeout=RUN_TIMEOUT_S)
             events += list(stream)
         code = process.wait(RUN_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
     summary = json.loads((run_dir / "summary.json").read_text())
     agent_ids = [agent["agent_id"] for agent in summary["agents"]]
     assert len(set(agent_ids)) == AGENTS and all(agent_ids)
